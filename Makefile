@@ -1,0 +1,41 @@
+# Every target that needs Python builds .venv first; `make install` is idempotent.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION := 2.13.0
+
+export RECEIPT_PIPELINE_DEPLOYMENT ?= local
+export RECEIPT_PIPELINE_DATA_DIR ?= $(CURDIR)/.data
+export SROIE_DIR ?= $(abspath $(CURDIR)/../shared/data/sroie)
+LOCAL_AWS_PORT ?= 5466
+
+.PHONY: install demo test dev bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -qq --upgrade pip
+	# torch first, pinned: the CPU build on this machine; a looser requirement pulls CUDA wheels
+	$(BIN)/pip install -qq torch==$(TORCH_VERSION)
+	$(BIN)/pip install -qq -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/receipt-pipeline demo --port $(LOCAL_AWS_PORT)
+
+dev: install
+	$(BIN)/receipt-pipeline dev --port $(LOCAL_AWS_PORT)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m receipt_pipeline_tests.benchmarks
+
+lint: install
+	$(BIN)/ruff check receipt_pipeline receipt_pipeline_tests
+
+clean:
+	rm -rf $(VENV) .data .dagster_home

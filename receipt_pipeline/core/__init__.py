@@ -1,0 +1,1 @@
+"""Plain-Python logic of the pipeline. Nothing in this package imports dagster."""

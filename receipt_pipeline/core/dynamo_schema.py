@@ -1,0 +1,227 @@
+"""The users' DynamoDB single table: keys, item types, and the one place where y is flipped.
+
+See ``../shared/docs/dynamo-schema.md``. Items are handled in the plain-Python form that boto3's
+``TypeDeserializer`` (or a table resource) produces: strings, ``Decimal`` numbers, dicts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+TABLE_KEY_SCHEMA = [
+    {"AttributeName": "PK", "KeyType": "HASH"},
+    {"AttributeName": "SK", "KeyType": "RANGE"},
+]
+# (index name, partition key, sort key or None); every index projects all attributes.
+GLOBAL_SECONDARY_INDEXES = [
+    ("GSI1", "GSI1PK", "GSI1SK"),
+    ("GSI2", "GSI2PK", "GSI2SK"),
+    ("GSI3", "GSI3PK", "GSI3SK"),
+    ("GSITYPE", "TYPE", None),
+]
+
+RECEIPT = "RECEIPT"
+RECEIPT_LINE = "RECEIPT_LINE"
+RECEIPT_WORD = "RECEIPT_WORD"
+RECEIPT_WORD_LABEL = "RECEIPT_WORD_LABEL"
+
+VALIDATION_STATUSES = ("NONE", "PENDING", "VALID", "INVALID", "NEEDS_REVIEW")
+
+LABEL_VOCABULARY = (
+    "MERCHANT_NAME", "STORE_HOURS", "PHONE_NUMBER", "WEBSITE", "LOYALTY_ID", "ADDRESS_LINE", "DATE",
+    "TIME", "PAYMENT_METHOD", "COUPON", "DISCOUNT", "PRODUCT_NAME", "QUANTITY", "UNIT_PRICE",
+    "LINE_TOTAL", "SUBTOTAL", "TAX", "TIP", "GRAND_TOTAL", "CHANGE", "CASH_BACK", "REFUND",
+)  # fmt: skip
+
+GSI1_LABEL_WIDTH = 40
+
+
+def create_table_request(table_name: str) -> dict[str, Any]:
+    """Keyword arguments for ``create_table`` that build the receipts table as production has it."""
+    attributes = {"PK", "SK"}
+    indexes = []
+    for name, hash_key, range_key in GLOBAL_SECONDARY_INDEXES:
+        key_schema = [{"AttributeName": hash_key, "KeyType": "HASH"}]
+        attributes.add(hash_key)
+        if range_key:
+            key_schema.append({"AttributeName": range_key, "KeyType": "RANGE"})
+            attributes.add(range_key)
+        indexes.append({"IndexName": name, "KeySchema": key_schema, "Projection": {"ProjectionType": "ALL"}})
+    return {
+        "TableName": table_name,
+        "KeySchema": TABLE_KEY_SCHEMA,
+        "AttributeDefinitions": [{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
+        "GlobalSecondaryIndexes": indexes,
+        "BillingMode": "PAY_PER_REQUEST",
+        "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- keys
+
+
+def image_pk(image_id: str) -> str:
+    return f"IMAGE#{image_id}"
+
+
+def receipt_sk(receipt_id: int) -> str:
+    return f"RECEIPT#{receipt_id:05d}"
+
+
+def line_sk(receipt_id: int, line_id: int) -> str:
+    return f"{receipt_sk(receipt_id)}#LINE#{line_id:05d}"
+
+
+def word_sk(receipt_id: int, line_id: int, word_id: int) -> str:
+    return f"{line_sk(receipt_id, line_id)}#WORD#{word_id:05d}"
+
+
+def label_sk(receipt_id: int, line_id: int, word_id: int, label: str) -> str:
+    return f"{word_sk(receipt_id, line_id, word_id)}#LABEL#{label}"
+
+
+def validation_status_gsi3pk(status: str) -> str:
+    return f"VALIDATION_STATUS#{status}"
+
+
+def label_gsi1pk(label: str) -> str:
+    return f"LABEL#{label}".ljust(GSI1_LABEL_WIDTH, "_")
+
+
+_PK = re.compile(r"^IMAGE#(?P<image>[0-9a-fA-F-]{1,64})$")
+_WORD_SK = re.compile(r"^RECEIPT#(?P<receipt>\d{5})#LINE#(?P<line>\d{5})#WORD#(?P<word>\d{5})$")
+_LABEL_SK = re.compile(
+    r"^RECEIPT#(?P<receipt>\d{5})#LINE#(?P<line>\d{5})#WORD#(?P<word>\d{5})#LABEL#(?P<label>[A-Z0-9_]+)$"
+)
+_RECEIPT_SK = re.compile(r"^RECEIPT#(?P<receipt>\d{5})$")
+
+
+WordKey = tuple[str, int, int, int]  # (image_id, receipt_id, line_id, word_id)
+ReceiptKey = tuple[str, int]  # (image_id, receipt_id)
+
+
+class BadItem(ValueError):
+    """An item that cannot be used; ``reason`` is a short stable code counted in metadata."""
+
+    def __init__(self, reason: str, key: str, detail: str = ""):
+        self.reason = reason
+        self.key = key
+        super().__init__(f"{key}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+def item_key(item: dict[str, Any]) -> str:
+    return f"{item.get('PK', '?')}|{item.get('SK', '?')}"
+
+
+def image_id_of(pk: str) -> str | None:
+    match = _PK.match(pk or "")
+    return match.group("image") if match else None
+
+
+# ----------------------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    key: WordKey
+    text: str
+    # 0..1, y pointing DOWN (already flipped)
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class WordLabel:
+    key: WordKey
+    label: str
+    validation_status: str
+    timestamp_added: str
+
+
+def _number(value: Any, name: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+        raise BadItem("non_numeric_coordinate", key, f"{name}={value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as error:
+        raise BadItem("non_numeric_coordinate", key, f"{name}={value!r}") from error
+    if math.isnan(number) or math.isinf(number):
+        raise BadItem("nan_coordinate", key, f"{name}={value!r}")
+    return number
+
+
+def flip_box(x: float, y: float, width: float, height: float) -> tuple[float, float, float, float]:
+    """A y-up box (origin bottom-left, ``y`` its bottom edge) as ``(x0, y0, x1, y1)`` with y down.
+
+    The only place the y axis is flipped: the stored top edge ``y + height`` becomes ``1 - (y + height)``.
+    """
+    return x, 1.0 - (y + height), x + width, 1.0 - y
+
+
+def parse_word(item: dict[str, Any], tolerance: float = 0.01) -> Word:
+    """A ``RECEIPT_WORD`` item as a :class:`Word`; raises :class:`BadItem` naming the problem."""
+    key = item_key(item)
+    image_id = image_id_of(item.get("PK", ""))
+    match = _WORD_SK.match(item.get("SK", ""))
+    if image_id is None or match is None:
+        raise BadItem("malformed_key", key)
+    text = item.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise BadItem("missing_text", key)
+    box = item.get("bounding_box")
+    if not isinstance(box, dict) or not {"x", "y", "width", "height"} <= box.keys():
+        raise BadItem("missing_box", key)
+    x, y, w, h = (_number(box[name], name, key) for name in ("x", "y", "width", "height"))
+    if w < 0 or h < 0:
+        raise BadItem("negative_box_size", key, f"width={w}, height={h}")
+    x0, y0, x1, y1 = flip_box(x, y, w, h)
+    if min(x0, y0) < -tolerance or max(x1, y1) > 1.0 + tolerance:
+        raise BadItem("coordinate_out_of_range", key, f"x={x}, y={y}, width={w}, height={h}")
+    x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) for v in (x0, y0, x1, y1))
+    confidence = item.get("confidence")
+    confidence = float(confidence) if isinstance(confidence, int | float | Decimal) else math.nan
+    return Word(
+        key=(image_id, int(match["receipt"]), int(match["line"]), int(match["word"])),
+        text=text,
+        x0=x0,
+        y0=y0,
+        x1=x1,
+        y1=y1,
+        confidence=confidence,
+    )
+
+
+def parse_label(item: dict[str, Any]) -> WordLabel:
+    """A ``RECEIPT_WORD_LABEL`` item as a :class:`WordLabel`; raises :class:`BadItem`."""
+    key = item_key(item)
+    image_id = image_id_of(item.get("PK", ""))
+    match = _LABEL_SK.match(item.get("SK", ""))
+    if image_id is None or match is None:
+        raise BadItem("malformed_key", key)
+    label = item.get("label") or match["label"]
+    if not isinstance(label, str):
+        raise BadItem("missing_label", key)
+    status = item.get("validation_status")
+    if status not in VALIDATION_STATUSES:
+        raise BadItem("unknown_validation_status", key, f"validation_status={status!r}")
+    return WordLabel(
+        key=(image_id, int(match["receipt"]), int(match["line"]), int(match["word"])),
+        label=label.upper(),
+        validation_status=status,
+        timestamp_added=str(item.get("timestamp_added") or ""),
+    )
+
+
+def receipt_id_of(item: dict[str, Any]) -> ReceiptKey | None:
+    image_id = image_id_of(item.get("PK", ""))
+    match = _RECEIPT_SK.match(item.get("SK", ""))
+    if image_id is None or match is None:
+        return None
+    return image_id, int(match["receipt"])

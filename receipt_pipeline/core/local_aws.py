@@ -1,0 +1,61 @@
+"""The local AWS emulator (moto in server mode) and the resources the pipeline expects in it."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+from receipt_pipeline.core import aws
+from receipt_pipeline.core.dynamo_schema import create_table_request
+
+# Credentials the emulator accepts; never real ones.
+EMULATOR_ENV = {
+    "AWS_ACCESS_KEY_ID": "emulator",
+    "AWS_SECRET_ACCESS_KEY": "emulator",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def emulator_env(host: str, port: int) -> dict[str, str]:
+    return {**EMULATOR_ENV, "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+
+
+def start_emulator(port: int = 0, host: str = "127.0.0.1") -> ThreadedMotoServer:
+    """Starts moto's HTTP server in a thread; ``port=0`` picks a free port (see ``get_host_and_port``)."""
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
+    return server
+
+
+@contextmanager
+def running_emulator(port: int = 0, host: str = "127.0.0.1") -> Iterator[dict[str, str]]:
+    """A running emulator with this process's AWS environment pointed at it, restored afterwards."""
+    server = start_emulator(port, host)
+    env = emulator_env(*server.get_host_and_port())
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
+
+def provision(table_name: str, bucket: str) -> None:
+    """Creates the receipts table (real keys and indexes) and the artifacts bucket if they are missing."""
+    dynamodb = aws.client("dynamodb")
+    if table_name not in dynamodb.list_tables()["TableNames"]:
+        dynamodb.create_table(**create_table_request(table_name))
+        dynamodb.get_waiter("table_exists").wait(TableName=table_name)
+    s3 = aws.client("s3")
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if bucket not in existing:
+        s3.create_bucket(Bucket=bucket)

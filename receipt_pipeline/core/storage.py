@@ -1,0 +1,98 @@
+"""Reading and writing artifacts at a local path or an ``s3://`` URI.
+
+Writes are atomic: a local file is written beside its target and renamed into place, an S3 object
+appears whole when its PUT completes. A crash mid-write therefore never leaves a partial artifact
+that a later step would load.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+from receipt_pipeline.core import aws
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def join(base: str, *parts: str) -> str:
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        aws.client("s3").put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    target = Path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        return aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    return Path(uri).read_bytes()
+
+
+def exists(uri: str) -> bool:
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        client = aws.client("s3")
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+        except client.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise
+        return True
+    return Path(uri).exists()
+
+
+def list_files(prefix: str) -> Iterator[str]:
+    """Every file under a folder or S3 prefix, as full URIs/paths, sorted."""
+    if is_s3(prefix):
+        bucket, key_prefix = split_s3(prefix)
+        key_prefix = key_prefix.rstrip("/") + "/" if key_prefix else ""
+        paginator = aws.client("s3").get_paginator("list_objects_v2")
+        keys = [
+            obj["Key"]
+            for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix)
+            for obj in page.get("Contents", [])
+            if not obj["Key"].endswith("/")
+        ]
+        yield from (f"s3://{bucket}/{key}" for key in sorted(keys))
+        return
+    root = Path(prefix)
+    if root.is_dir():
+        yield from (str(p) for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def is_dir(uri: str) -> bool:
+    if is_s3(uri):
+        return next(list_files(uri), None) is not None
+    return Path(uri).is_dir()

@@ -1,0 +1,56 @@
+"""Shared fixtures: one local AWS emulator over real HTTP per test session, fresh tables per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from receipt_pipeline.core import aws, local_aws
+from receipt_pipeline.core.dynamo_schema import create_table_request
+
+SHARED_SROIE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sroie"
+
+
+@pytest.fixture(scope="session")
+def aws_emulator():
+    """The emulator's environment (AWS_ENDPOINT_URL and throwaway credentials), set for the whole session."""
+    with local_aws.running_emulator() as env:
+        yield env
+
+
+@pytest.fixture
+def receipts_table(aws_emulator) -> str:
+    """A new, empty receipts table with the production keys and indexes; deleted after the test."""
+    name = f"receipts-{uuid.uuid4().hex[:8]}"
+    client = aws.client("dynamodb")
+    client.create_table(**create_table_request(name))
+    client.get_waiter("table_exists").wait(TableName=name)
+    yield name
+    client.delete_table(TableName=name)
+
+
+@pytest.fixture
+def artifacts_bucket(aws_emulator) -> str:
+    name = f"artifacts-{uuid.uuid4().hex[:8]}"
+    aws.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def shared_sroie_dir() -> Path:
+    if not (SHARED_SROIE / "train" / "box").is_dir():
+        pytest.fail(f"the shared SROIE training split is missing at {SHARED_SROIE}")
+    return SHARED_SROIE
+
+
+@pytest.fixture(autouse=True)
+def _no_real_aws(monkeypatch):
+    # A test that forgot the emulator must never reach real AWS with whatever is in the environment.
+    if "AWS_ENDPOINT_URL" not in os.environ:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        for name, value in local_aws.EMULATOR_ENV.items():
+            monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
