@@ -98,6 +98,7 @@ _LABEL_SK = re.compile(
     r"^RECEIPT#(?P<receipt>\d{5})#LINE#(?P<line>\d{5})#WORD#(?P<word>\d{5})#LABEL#(?P<label>[A-Z0-9_]+)$"
 )
 _RECEIPT_SK = re.compile(r"^RECEIPT#(?P<receipt>\d{5})$")
+_WORD_SK_PREFIX = re.compile(r"^RECEIPT#(?P<receipt>\d{5})#LINE#(?P<line>\d{5})#WORD#(?P<word>\d{5})(?:#|$)")
 
 
 WordKey = tuple[str, int, int, int]  # (image_id, receipt_id, line_id, word_id)
@@ -225,3 +226,12 @@ def receipt_id_of(item: dict[str, Any]) -> ReceiptKey | None:
     if image_id is None or match is None:
         return None
     return image_id, int(match["receipt"])
+
+
+def word_key_of(item: dict[str, Any]) -> WordKey | None:
+    """The word a word or word-label item belongs to, read from its keys alone; None if they are malformed."""
+    image_id = image_id_of(str(item.get("PK", "")))
+    match = _WORD_SK_PREFIX.match(str(item.get("SK", "")))
+    if image_id is None or match is None:
+        return None
+    return image_id, int(match["receipt"]), int(match["line"]), int(match["word"])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
@@ -26,6 +27,8 @@ def emulator_env(host: str, port: int) -> dict[str, str]:
 
 def start_emulator(port: int = 0, host: str = "127.0.0.1") -> ThreadedMotoServer:
     """Starts moto's HTTP server in a thread; ``port=0`` picks a free port (see ``get_host_and_port``)."""
+    # one access-log line per request drowns everything else the process prints
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     return server

@@ -1,0 +1,358 @@
+"""Reads labelled receipt words out of the users' DynamoDB single table.
+
+Two ways to find the data, chosen by ``strategy``:
+
+- ``gsi3``: query the validation-status index (``GSI3``) for the accepted statuses to learn which
+  images carry a label, then query each of those image partitions in parallel. Reads only what is
+  labelled: cheapest when labelled images are a minority of the table.
+- ``scan``: a parallel Scan over the whole table, filtered to words and labels on the server. Fewer
+  requests when nearly every image is labelled; pays for every other item in the table.
+
+Either way every item is parsed by :mod:`receipt_pipeline.core.dynamo_schema`; a bad item is
+skipped and counted by reason, never silently dropped, and the read fails when bad items pass a
+share of what was read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+from boto3.dynamodb.types import TypeDeserializer
+
+from receipt_pipeline.core import aws, word_table
+from receipt_pipeline.core.dynamo_schema import (
+    RECEIPT_WORD,
+    RECEIPT_WORD_LABEL,
+    BadItem,
+    ReceiptKey,
+    Word,
+    WordKey,
+    WordLabel,
+    image_id_of,
+    image_pk,
+    label_sk,
+    parse_label,
+    parse_word,
+    validation_status_gsi3pk,
+    word_key_of,
+)
+
+Strategy = Literal["gsi3", "scan"]
+MAX_LISTED_BAD_KEYS = 20
+
+
+class ReceiptReadError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    table: str
+    accepted_statuses: tuple[str, ...] = ("VALID",)
+    # names after merges; empty keeps every label
+    label_allowlist: tuple[str, ...] = ()
+    label_merges: Mapping[str, str] = field(default_factory=dict)
+    read_parallelism: int = 8
+    strategy: Strategy = "gsi3"
+    coordinate_tolerance: float = 0.01
+    max_bad_share: float = 0.05
+
+
+@dataclass
+class ReadResult:
+    frame: pd.DataFrame
+    table: str
+    strategy: str
+    receipts: int
+    items_read: int
+    requests: int
+    skipped: Counter = field(default_factory=Counter)  # reason -> items
+    skipped_keys: list[str] = field(default_factory=list)  # "PK|SK: reason", the first few
+    label_counts: Counter = field(default_factory=Counter)  # final label -> words
+    words_with_conflicting_labels: int = 0
+    newest_label_timestamp: str | None = None
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+
+class _Tally:
+    """Counters shared by the reader threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.items = 0
+        self.requests = 0
+
+    def page(self, items: int) -> None:
+        with self._lock:
+            self.items += items
+            self.requests += 1
+
+
+_deserializer = TypeDeserializer()
+
+
+def _plain(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _deserializer.deserialize(value) for name, value in item.items()}
+
+
+def _pages(client, operation: str, tally: _Tally, **kwargs) -> Iterator[dict[str, Any]]:
+    for page in client.get_paginator(operation).paginate(**kwargs):
+        tally.page(len(page.get("Items", [])))
+        yield from (_plain(item) for item in page.get("Items", []))
+
+
+# ------------------------------------------------------------------------------------------ fetching
+
+
+def labelled_image_ids(client, table: str, statuses: Sequence[str], tally: _Tally) -> list[str]:
+    """Images with at least one label in ``statuses``, through the GSI3 validation-status index."""
+    image_ids: set[str] = set()
+    for status in statuses:
+        for item in _pages(
+            client,
+            "query",
+            tally,
+            TableName=table,
+            IndexName="GSI3",
+            KeyConditionExpression="GSI3PK = :status",
+            ExpressionAttributeValues={":status": {"S": validation_status_gsi3pk(status)}},
+            ProjectionExpression="PK",
+        ):
+            image_id = image_id_of(item.get("PK", ""))
+            if image_id is not None:
+                image_ids.add(image_id)
+    return sorted(image_ids)
+
+
+def _image_items(client, table: str, image_id: str, tally: _Tally) -> list[dict[str, Any]]:
+    return list(
+        _pages(
+            client,
+            "query",
+            tally,
+            TableName=table,
+            KeyConditionExpression="PK = :pk",
+            ExpressionAttributeValues={":pk": {"S": image_pk(image_id)}},
+        )
+    )
+
+
+def _scan_segment(client, table: str, segment: int, segments: int, tally: _Tally) -> list[dict[str, Any]]:
+    return list(
+        _pages(
+            client,
+            "scan",
+            tally,
+            TableName=table,
+            Segment=segment,
+            TotalSegments=segments,
+            FilterExpression="#type IN (:word, :label)",
+            ExpressionAttributeNames={"#type": "TYPE"},
+            ExpressionAttributeValues={":word": {"S": RECEIPT_WORD}, ":label": {"S": RECEIPT_WORD_LABEL}},
+        )
+    )
+
+
+# ------------------------------------------------------------------------------------------ assembly
+
+
+@dataclass
+class _Partial:
+    """What one image partition (or one batch of items) contributes to the result."""
+
+    columns: dict[str, list] = field(default_factory=lambda: {name: [] for name in word_table.COLUMNS})
+    receipts: set[ReceiptKey] = field(default_factory=set)
+    skipped: Counter = field(default_factory=Counter)
+    skipped_keys: list[str] = field(default_factory=list)
+    considered: int = 0
+    conflicts: int = 0
+    newest_label_timestamp: str = ""
+
+    def skip(self, reason: str, key: str) -> None:
+        self.skipped[reason] += 1
+        if len(self.skipped_keys) < MAX_LISTED_BAD_KEYS:
+            self.skipped_keys.append(f"{key}: {reason}")
+
+
+def _item_type(item: Mapping[str, Any]) -> str | None:
+    item_type = item.get("TYPE")
+    if isinstance(item_type, str):
+        return item_type
+    sort_key = str(item.get("SK", ""))
+    if "#LABEL#" in sort_key:
+        return RECEIPT_WORD_LABEL
+    if "#WORD#" in sort_key:
+        return RECEIPT_WORD
+    return None
+
+
+def _choose_label(labels: list[WordLabel], options: ReadOptions) -> tuple[str | None, bool]:
+    """The one label a word trains on, and whether its accepted labels disagreed.
+
+    Merges apply first, then the allowlist. Where several labels survive, the most recently added
+    wins (a later validation supersedes an earlier one); ties go to the alphabetically first.
+    """
+    candidates: dict[str, str] = {}
+    for label in labels:
+        name = options.label_merges.get(label.label, label.label)
+        if options.label_allowlist and name not in options.label_allowlist:
+            continue
+        candidates[name] = max(candidates.get(name, ""), label.timestamp_added)
+    if not candidates:
+        return None, False
+    chosen = sorted(candidates.items(), key=lambda kv: (-_sortable(kv[1]), kv[0]))[0][0]
+    return chosen, len(candidates) > 1
+
+
+def _sortable(timestamp: str) -> float:
+    try:
+        return pd.Timestamp(timestamp).timestamp()
+    except (ValueError, TypeError):
+        return float("-inf")
+
+
+def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Partial:
+    """Words and labels of the receipts that carry an accepted label, from a batch of raw items.
+
+    A batch must hold every item of the receipts in it (one image partition does). Bad items count
+    only where they belong to a selected receipt, or to no receipt at all (a malformed key).
+    """
+    partial = _Partial()
+    words: dict[WordKey, Word] = {}
+    labels: list[WordLabel] = []
+    bad: list[tuple[WordKey | None, BadItem]] = []
+    items_per_receipt: Counter = Counter()
+    for item in items:
+        item_type = _item_type(item)
+        if item_type not in (RECEIPT_WORD, RECEIPT_WORD_LABEL):
+            continue  # receipts, lines and other item types are not this reader's business
+        key = word_key_of(item)
+        if key is not None:
+            items_per_receipt[key[:2]] += 1
+        try:
+            if item_type == RECEIPT_WORD:
+                word = parse_word(item, options.coordinate_tolerance)
+                words[word.key] = word
+            else:
+                labels.append(parse_label(item))
+        except BadItem as error:
+            bad.append((key, error))
+
+    accepted: dict[WordKey, list[WordLabel]] = defaultdict(list)
+    for label in labels:
+        if label.validation_status in options.accepted_statuses:
+            accepted[label.key].append(label)
+    partial.receipts = {key[:2] for key in accepted}
+
+    for key, error in bad:
+        if key is None or key[:2] in partial.receipts:
+            partial.skip(error.reason, error.key)
+    bad_keys = {key for key, _ in bad}
+    for key, word_labels in accepted.items():
+        if key not in words:
+            reason = "label_on_bad_word" if key in bad_keys else "label_without_word"
+            for label in word_labels:
+                partial.skip(reason, f"{image_pk(key[0])}|{label_sk(*key[1:], label.label)}")
+    partial.considered = sum(items_per_receipt[r] for r in partial.receipts)
+    partial.considered += sum(1 for key, _ in bad if key is None)
+
+    columns = partial.columns
+    for key in sorted(k for k in words if k[:2] in partial.receipts):
+        word = words[key]
+        word_labels = accepted.get(key, [])
+        chosen, conflicted = _choose_label(word_labels, options)
+        partial.conflicts += conflicted
+        row = {
+            "source": word_table.SOURCE_DYNAMO,
+            "source_split": None,
+            "image_id": key[0],
+            "receipt_id": key[1],
+            "line_id": key[2],
+            "word_id": key[3],
+            "text": word.text,
+            "x0": word.x0,
+            "y0": word.y0,
+            "x1": word.x1,
+            "y1": word.y1,
+            "confidence": word.confidence,
+            "labels": sorted({label.label for label in word_labels}),
+            "label": chosen,
+        }
+        for name, value in row.items():
+            columns[name].append(value)
+        for label in word_labels:
+            partial.newest_label_timestamp = max(partial.newest_label_timestamp, label.timestamp_added)
+    return partial
+
+
+# ------------------------------------------------------------------------------------------ the read
+
+
+def read_receipt_words(options: ReadOptions, client=None) -> ReadResult:
+    """Every word of every receipt with an accepted label, as a word table; see the module docstring."""
+    client = client or aws.client("dynamodb", max_pool_connections=max(10, options.read_parallelism * 2))
+    tally = _Tally()
+    table = options.table
+
+    def read_image(image_id: str) -> _Partial:
+        return assemble(_image_items(client, table, image_id, tally), options)
+
+    def read_segment(segment: int) -> list[dict[str, Any]]:
+        return _scan_segment(client, table, segment, options.read_parallelism, tally)
+
+    with ThreadPoolExecutor(max_workers=options.read_parallelism, thread_name_prefix="dynamo-read") as pool:
+        if options.strategy == "gsi3":
+            partials = list(
+                pool.map(read_image, labelled_image_ids(client, table, options.accepted_statuses, tally))
+            )
+        elif options.strategy == "scan":
+            # segments split the key space, so one image's items may come back from several segments
+            batches = list(pool.map(read_segment, range(options.read_parallelism)))
+            partials = [assemble((item for batch in batches for item in batch), options)]
+        else:
+            raise ValueError(f"unknown read strategy {options.strategy!r}: expected 'gsi3' or 'scan'")
+    return _combine(partials, options, tally)
+
+
+def _combine(partials: list[_Partial], options: ReadOptions, tally: _Tally) -> ReadResult:
+    columns = {name: [value for p in partials for value in p.columns[name]] for name in word_table.COLUMNS}
+    skipped = sum((p.skipped for p in partials), Counter())
+    considered = sum(p.considered for p in partials)
+    receipts = set().union(*(p.receipts for p in partials)) if partials else set()
+    frame = word_table.to_frame(columns)
+    result = ReadResult(
+        frame=frame,
+        table=options.table,
+        strategy=options.strategy,
+        receipts=len(receipts),
+        items_read=tally.items,
+        requests=tally.requests,
+        skipped=skipped,
+        skipped_keys=[key for p in partials for key in p.skipped_keys][:MAX_LISTED_BAD_KEYS],
+        label_counts=Counter(frame["label"].dropna().tolist()),
+        words_with_conflicting_labels=sum(p.conflicts for p in partials),
+        newest_label_timestamp=max((p.newest_label_timestamp for p in partials), default="") or None,
+    )
+    statuses = ", ".join(options.accepted_statuses)
+    if not receipts:
+        raise ReceiptReadError(
+            f"table {options.table!r}: no receipt has a label with status {statuses}"
+            + (f" ({result.skipped_total} bad items skipped: {dict(skipped)})" if skipped else "")
+        )
+    bad_share = result.skipped_total / max(1, considered)
+    if bad_share > options.max_bad_share:
+        raise ReceiptReadError(
+            f"table {options.table!r}: {result.skipped_total} of {considered} items are bad "
+            f"({bad_share:.1%} > the {options.max_bad_share:.1%} threshold): {dict(skipped)}; "
+            f"first keys: {result.skipped_keys[:5]}"
+        )
+    return result

@@ -1,0 +1,137 @@
+import math
+
+import pandas as pd
+import pytest
+
+from receipt_pipeline.core.dynamo_reader import ReadOptions, ReceiptReadError, read_receipt_words
+from receipt_pipeline_tests.dynamo_items import box, label_item, put_items, receipt_item, word_item
+
+IMAGE_A = "3f1d2c4b-0000-4000-8000-00000000000a"
+IMAGE_B = "3f1d2c4b-0000-4000-8000-00000000000b"
+
+
+def _labels(frame: pd.DataFrame) -> list[str | None]:
+    return [None if pd.isna(label) else label for label in frame["label"]]
+
+
+def _labelled_receipt() -> list[dict]:
+    """Image A, receipt 1: a merchant line and a total line; image B: PENDING labels only."""
+    return [
+        receipt_item(IMAGE_A, 1),
+        {
+            "PK": f"IMAGE#{IMAGE_A}",
+            "SK": "RECEIPT#00001#LINE#00001",
+            "TYPE": "RECEIPT_LINE",
+            "text": "ACME MART",
+        },
+        {"PK": f"IMAGE#{IMAGE_A}", "SK": "IMAGE", "TYPE": "IMAGE", "width": 10},  # other item types
+        word_item(IMAGE_A, 1, 1, 1, "ACME", box(0.10, 0.90, 0.20, 0.05)),
+        word_item(IMAGE_A, 1, 1, 2, "MART", box(0.35, 0.90, 0.20, 0.05)),
+        word_item(IMAGE_A, 1, 2, 1, "TOTAL", box(0.10, 0.20, 0.20, 0.04)),
+        word_item(IMAGE_A, 1, 2, 2, "12.50", box(0.70, 0.20, 0.20, 0.04)),
+        label_item(IMAGE_A, 1, 1, 1, "MERCHANT_NAME"),
+        label_item(IMAGE_A, 1, 1, 2, "MERCHANT_NAME"),
+        label_item(IMAGE_A, 1, 2, 2, "GRAND_TOTAL", when="2026-02-01T00:00:00"),
+        label_item(IMAGE_A, 1, 2, 2, "LINE_TOTAL", status="INVALID"),  # decoy: wrong status
+        word_item(IMAGE_B, 1, 1, 1, "OTHER", box(0.1, 0.5)),
+        label_item(IMAGE_B, 1, 1, 1, "MERCHANT_NAME", status="PENDING"),
+    ]
+
+
+@pytest.mark.parametrize("strategy", ["gsi3", "scan"])
+def test_reads_labelled_receipts_flips_y_and_ignores_other_statuses(receipts_table, strategy):
+    put_items(receipts_table, _labelled_receipt())
+
+    result = read_receipt_words(ReadOptions(table=receipts_table, strategy=strategy, read_parallelism=3))
+
+    frame = result.frame
+    assert result.receipts == 1
+    assert set(frame["image_id"]) == {IMAGE_A}, "image B has only PENDING labels"
+    assert frame["text"].tolist() == ["ACME", "MART", "TOTAL", "12.50"]
+    assert _labels(frame) == ["MERCHANT_NAME", "MERCHANT_NAME", None, "GRAND_TOTAL"]
+    assert [list(v) for v in frame["labels"]] == [["MERCHANT_NAME"], ["MERCHANT_NAME"], [], ["GRAND_TOTAL"]]
+    acme = frame.iloc[0]
+    # stored y-up box: bottom edge 0.90, height 0.05 -> y-down top 1 - 0.95, bottom 1 - 0.90
+    assert (acme.x0, acme.x1) == pytest.approx((0.10, 0.30))
+    assert (acme.y0, acme.y1) == pytest.approx((0.05, 0.10))
+    assert frame.iloc[0].y0 < frame.iloc[2].y0, "the header must sit above the total once y points down"
+    assert result.label_counts == {"MERCHANT_NAME": 2, "GRAND_TOTAL": 1}
+    assert result.newest_label_timestamp == "2026-02-01T00:00:00"
+    assert result.skipped_total == 0
+
+
+def test_both_strategies_read_the_same_table(receipts_table):
+    put_items(receipts_table, _labelled_receipt())
+    by_index = read_receipt_words(ReadOptions(table=receipts_table, strategy="gsi3")).frame
+    by_scan = read_receipt_words(ReadOptions(table=receipts_table, strategy="scan", read_parallelism=4)).frame
+    assert by_index.equals(by_scan)
+
+
+def test_merges_apply_before_the_allowlist_and_newest_label_wins(receipts_table):
+    items = _labelled_receipt() + [
+        label_item(IMAGE_A, 1, 2, 1, "SUBTOTAL", when="2026-03-01T00:00:00"),
+        label_item(IMAGE_A, 1, 2, 1, "PAYMENT_METHOD", when="2026-01-01T00:00:00"),
+    ]
+    put_items(receipts_table, items)
+    options = ReadOptions(
+        table=receipts_table,
+        label_merges={"GRAND_TOTAL": "AMOUNT", "SUBTOTAL": "AMOUNT", "LINE_TOTAL": "AMOUNT"},
+        label_allowlist=("AMOUNT", "PAYMENT_METHOD"),
+    )
+    result = read_receipt_words(options)
+    by_text = dict(zip(result.frame["text"], _labels(result.frame), strict=True))
+    assert by_text["ACME"] is None, "MERCHANT_NAME is not in the allowlist"
+    assert by_text["12.50"] == "AMOUNT"
+    assert by_text["TOTAL"] == "AMOUNT", "the newer SUBTOTAL (merged) wins over PAYMENT_METHOD"
+    assert result.words_with_conflicting_labels == 1
+    labels_of_total = list(result.frame.loc[result.frame["text"] == "TOTAL", "labels"].iloc[0])
+    assert labels_of_total == ["PAYMENT_METHOD", "SUBTOTAL"], "labels keeps every accepted label, unmerged"
+
+
+def _bad_items() -> list[dict]:
+    return [
+        word_item(IMAGE_A, 1, 3, 1, None, box(0.1, 0.1)),  # missing text
+        word_item(IMAGE_A, 1, 3, 2, "NOBOX", None),  # missing box
+        word_item(IMAGE_A, 1, 3, 3, "FAR", box(0.95, 0.5, 0.3, 0.02)),  # x1 = 1.25
+        word_item(IMAGE_A, 1, 3, 4, "NAN", {"x": "NaN", "y": 0.5, "width": 0.1, "height": 0.02}),
+        label_item(IMAGE_A, 1, 9, 9, "TAX"),  # a label whose word does not exist
+    ]
+
+
+def test_bad_items_are_counted_by_reason_and_listed(receipts_table):
+    put_items(receipts_table, _labelled_receipt() + _bad_items())
+    result = read_receipt_words(ReadOptions(table=receipts_table, max_bad_share=0.5))
+    assert result.skipped == {
+        "missing_text": 1,
+        "missing_box": 1,
+        "coordinate_out_of_range": 1,
+        "nan_coordinate": 1,
+        "label_without_word": 1,
+    }
+    assert any("WORD#00003" in key and "coordinate_out_of_range" in key for key in result.skipped_keys)
+    assert any("LABEL#TAX" in key for key in result.skipped_keys)
+    assert len(result.frame) == 4, "the good words are all still there"
+    assert all(math.isfinite(v) for v in result.frame[["x0", "y0", "x1", "y1"]].to_numpy().ravel())
+
+
+def test_bad_share_over_the_threshold_fails_naming_the_table(receipts_table):
+    put_items(receipts_table, _labelled_receipt() + _bad_items())
+    with pytest.raises(ReceiptReadError, match=rf"{receipts_table}.*5 of \d+ items are bad"):
+        read_receipt_words(ReadOptions(table=receipts_table))  # default threshold 5%
+
+
+def test_a_table_without_labelled_receipts_fails(receipts_table):
+    put_items(
+        receipts_table,
+        [word_item(IMAGE_B, 1, 1, 1, "X", box(0.1, 0.5)), label_item(IMAGE_B, 1, 1, 1, "TAX", "PENDING")],
+    )
+    with pytest.raises(
+        ReceiptReadError, match=rf"{receipts_table}.*no receipt has a label with status VALID"
+    ):
+        read_receipt_words(ReadOptions(table=receipts_table))
+
+
+def test_accepted_statuses_are_configurable(receipts_table):
+    put_items(receipts_table, _labelled_receipt())
+    result = read_receipt_words(ReadOptions(table=receipts_table, accepted_statuses=("VALID", "PENDING")))
+    assert set(result.frame["image_id"]) == {IMAGE_A, IMAGE_B}
