@@ -7,6 +7,7 @@ that a later step would load.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -14,6 +15,18 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from receipt_pipeline.core import aws
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_client(endpoint: str | None, region: str | None, profile: str | None):
+    # one client per AWS environment: building a client costs milliseconds, reading a folder of
+    # small objects calls this once per object
+    return aws.client("s3")
+
+
+def _s3():
+    env = os.environ
+    return _s3_client(env.get("AWS_ENDPOINT_URL"), env.get("AWS_REGION"), env.get("AWS_PROFILE"))
 
 
 def is_s3(uri: str) -> bool:
@@ -36,7 +49,7 @@ def join(base: str, *parts: str) -> str:
 def write_bytes(uri: str, data: bytes) -> None:
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        aws.client("s3").put_object(Bucket=bucket, Key=key, Body=data)
+        _s3().put_object(Bucket=bucket, Key=key, Body=data)
         return
     target = Path(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -55,14 +68,14 @@ def write_bytes(uri: str, data: bytes) -> None:
 def read_bytes(uri: str) -> bytes:
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        return aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        return _s3().get_object(Bucket=bucket, Key=key)["Body"].read()
     return Path(uri).read_bytes()
 
 
 def exists(uri: str) -> bool:
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        client = aws.client("s3")
+        client = _s3()
         try:
             client.head_object(Bucket=bucket, Key=key)
         except client.exceptions.ClientError as error:
@@ -78,7 +91,7 @@ def list_files(prefix: str) -> Iterator[str]:
     if is_s3(prefix):
         bucket, key_prefix = split_s3(prefix)
         key_prefix = key_prefix.rstrip("/") + "/" if key_prefix else ""
-        paginator = aws.client("s3").get_paginator("list_objects_v2")
+        paginator = _s3().get_paginator("list_objects_v2")
         keys = [
             obj["Key"]
             for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix)

@@ -1,0 +1,180 @@
+"""The ``receipt-pipeline`` command: the local AWS emulator, synthetic data, the demo and the dev UI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from receipt_pipeline.core import local_aws
+from receipt_pipeline.core.settings import DeploymentSettings
+
+DEFAULT_PORT = 5466
+
+
+@click.group()
+def main() -> None:
+    """Receipt words to a trained LayoutLM token classifier, orchestrated by Dagster."""
+
+
+@main.command("local-aws")
+@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--table", default=None, help="Receipts table to create; default: the local deployment's.")
+@click.option("--bucket", default=None, help="Artifacts bucket to create; default: the local deployment's.")
+def local_aws_command(port: int, host: str, table: str | None, bucket: str | None) -> None:
+    """Run the AWS emulator (DynamoDB, S3, EC2) in the foreground, with the receipts table and bucket."""
+    settings = DeploymentSettings.from_env({**os.environ, "RECEIPT_PIPELINE_DEPLOYMENT": "local"})
+    server = local_aws.start_emulator(port, host)
+    env = local_aws.emulator_env(*server.get_host_and_port())
+    os.environ.update(env)
+    table, bucket = table or settings.receipts_table, bucket or settings.bucket
+    local_aws.provision(table, bucket)
+    click.echo(f"AWS emulator on {env['AWS_ENDPOINT_URL']}: table {table}, bucket {bucket}. Ctrl-C stops it.")
+    click.echo(f"export AWS_ENDPOINT_URL={env['AWS_ENDPOINT_URL']} AWS_REGION={env['AWS_REGION']}")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+
+
+@main.command("seed-synthetic")
+@click.option("--receipts", type=int, required=True, help="How many receipts to write.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--table", default=None, help="Target table; default: the deployment's.")
+def seed_synthetic_command(receipts: int, seed: int, table: str | None) -> None:
+    """Write N synthetic receipts (receipt, line, word and label items) in the real schema."""
+    from receipt_pipeline.core.synthetic import seed_synthetic
+
+    table = table or DeploymentSettings.from_env().receipts_table
+    started = time.perf_counter()
+    stats = seed_synthetic(table, receipts, seed)
+    elapsed = time.perf_counter() - started
+    click.echo(
+        f"wrote {stats.items} items for {receipts} receipts to {table} in {elapsed:.1f}s "
+        f"({stats.requests} requests, {stats.retried_items} items retried)"
+    )
+
+
+def _wait_for_port(host: str, port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException(f"the AWS emulator exited with code {process.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise click.ClickException(f"the AWS emulator did not open {host}:{port} within {timeout:.0f}s")
+
+
+def _start_emulator_process(port: int) -> tuple[subprocess.Popen, dict[str, str]]:
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise click.ClickException(f"port {port} is in use; pick another with --port")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "receipt_pipeline.cli", "local-aws", "--port", str(port)]
+    )
+    _wait_for_port("127.0.0.1", port, process)
+    env = local_aws.emulator_env("127.0.0.1", port)
+    os.environ.update(env)
+    # provisioning happens in the child right after the port opens: wait for the table to exist
+    from receipt_pipeline.core import aws
+
+    deadline = time.monotonic() + 30
+    table = DeploymentSettings.from_env().receipts_table
+    while table not in aws.client("dynamodb").list_tables()["TableNames"]:
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"the emulator did not create table {table}")
+        time.sleep(0.2)
+    return process, env
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _local_dagster_home() -> Path:
+    """$DAGSTER_HOME (default ./.dagster_home) holding a copy of the repository's dagster.yaml."""
+    home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = Path.cwd() / "dagster.yaml"
+    if instance_yaml.is_file():
+        shutil.copyfile(instance_yaml, home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def _seed_if_empty(receipts: int, seed: int) -> None:
+    from receipt_pipeline.core import aws
+    from receipt_pipeline.core.synthetic import seed_synthetic
+
+    table = DeploymentSettings.from_env().receipts_table
+    if aws.client("dynamodb").scan(TableName=table, Limit=1, Select="COUNT")["Count"] == 0:
+        stats = seed_synthetic(table, receipts, seed)
+        click.echo(f"seeded {receipts} synthetic receipts ({stats.items} items) into {table}")
+
+
+@main.command()
+@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port for the AWS emulator.")
+@click.option("--receipts", type=int, default=60, show_default=True, help="Synthetic receipts to seed.")
+@click.option("--seed", type=int, default=7, show_default=True)
+def demo(port: int, receipts: int, seed: int) -> None:
+    """Run the whole pipeline end to end on the local deployment and print where its outputs are."""
+    os.environ.setdefault("RECEIPT_PIPELINE_DEPLOYMENT", "local")
+    settings = DeploymentSettings.from_env()
+    if settings.deployment != "local":
+        raise click.ClickException("the demo runs on the local deployment only")
+    home = _local_dagster_home()
+    process, _ = _start_emulator_process(port)
+    try:
+        _seed_if_empty(receipts, seed)
+        command = [
+            sys.executable, "-m", "dagster", "asset", "materialize",
+            "-m", "receipt_pipeline.definitions", "--select", "*",
+        ]  # fmt: skip
+        if subprocess.run(command, check=False).returncode != 0:
+            raise click.ClickException("the pipeline run failed; its log is above")
+    finally:
+        _stop(process)
+    assets = Path(settings.artifact_root) / "assets"
+    click.echo("\nDemo finished. Outputs:")
+    for artifact in sorted(assets.rglob("*.*")):
+        click.echo(f"  {artifact}")
+    click.echo(f"Run history: {home} (browse it with `make dev`)")
+
+
+@main.command()
+@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port for the AWS emulator.")
+@click.option("--ui-port", type=int, default=3000, show_default=True)
+@click.option("--receipts", type=int, default=60, show_default=True, help="Synthetic receipts to seed.")
+def dev(port: int, ui_port: int, receipts: int) -> None:
+    """Start the AWS emulator (seeded) and `dagster dev` against the local deployment."""
+    os.environ.setdefault("RECEIPT_PIPELINE_DEPLOYMENT", "local")
+    _local_dagster_home()
+    process, _ = _start_emulator_process(port)
+    try:
+        _seed_if_empty(receipts, seed=7)
+        subprocess.run(
+            [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-p", str(ui_port)], check=False
+        )
+    finally:
+        _stop(process)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Resources, chosen per deployment from :class:`DeploymentSettings`."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import dagster as dg
+import pandas as pd
+
+from receipt_pipeline.core import storage
+from receipt_pipeline.core.settings import DeploymentSettings, SettingsError
+
+
+class PipelineSettings(dg.ConfigurableResource):
+    """Where this deployment reads receipts from and keeps its artifacts."""
+
+    deployment: str
+    receipts_table: str
+    bucket: str
+    artifact_root: str
+    sroie_dir: str | None = None
+
+    @classmethod
+    def from_deployment(cls, settings: DeploymentSettings) -> PipelineSettings:
+        return cls(
+            deployment=settings.deployment,
+            receipts_table=settings.receipts_table,
+            bucket=settings.bucket,
+            artifact_root=settings.artifact_root,
+            sroie_dir=settings.sroie_dir,
+        )
+
+    def require_aws(self) -> None:
+        """The local deployment must never fall through to real AWS with whatever credentials are about."""
+        if self.deployment == "local" and not os.environ.get("AWS_ENDPOINT_URL"):
+            raise SettingsError(
+                "the local deployment talks to the local AWS emulator, but AWS_ENDPOINT_URL is not set: "
+                "run `receipt-pipeline local-aws --port 5466` and export AWS_ENDPOINT_URL=http://127.0.0.1:5466 "
+                "(`make dev` and `make demo` do both)"
+            )
+
+
+class ArtifactIOManager(dg.ConfigurableIOManager):
+    """Stores DataFrames as parquet and dicts as JSON under ``root`` (a folder or ``s3://`` prefix).
+
+    Never pickles: what is read back from S3 is data, not code. Writes are atomic (see core.storage).
+    """
+
+    root: str
+
+    def _uri(self, asset_key: dg.AssetKey, suffix: str) -> str:
+        return storage.join(self.root, "assets", *asset_key.path) + suffix
+
+    def handle_output(self, context: dg.OutputContext, obj: object) -> None:
+        if obj is None:
+            return
+        if isinstance(obj, pd.DataFrame):
+            uri = self._uri(context.asset_key, ".parquet")
+            buffer = io.BytesIO()
+            obj.to_parquet(buffer, index=False)
+            storage.write_bytes(uri, buffer.getvalue())
+        elif isinstance(obj, dict):
+            uri = self._uri(context.asset_key, ".json")
+            storage.write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
+        else:
+            raise TypeError(f"{context.asset_key.to_user_string()}: cannot store a {type(obj).__name__}")
+        context.add_output_metadata({"path": dg.MetadataValue.path(uri)})
+
+    def load_input(self, context: dg.InputContext) -> object:
+        parquet = self._uri(context.asset_key, ".parquet")
+        if storage.exists(parquet):
+            return pd.read_parquet(io.BytesIO(storage.read_bytes(parquet)))
+        document = self._uri(context.asset_key, ".json")
+        if storage.exists(document):
+            return json.loads(storage.read_bytes(document))
+        raise FileNotFoundError(
+            f"{context.asset_key.to_user_string()} has not been materialised: nothing at {parquet} or {document}"
+        )
+
+
+def resources_for(settings: DeploymentSettings) -> dict[str, object]:
+    return {
+        "settings": PipelineSettings.from_deployment(settings),
+        "io_manager": ArtifactIOManager(root=settings.artifact_root),
+    }
