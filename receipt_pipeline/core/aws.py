@@ -16,7 +16,7 @@ DEFAULT_MAX_ATTEMPTS = 10
 
 def client_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS, max_pool_connections: int = 32) -> Config:
     return Config(
-        retries={"mode": "adaptive", "max_attempts": max_attempts},
+        retries={"mode": "adaptive", "total_max_attempts": max_attempts},
         max_pool_connections=max_pool_connections,
     )
 

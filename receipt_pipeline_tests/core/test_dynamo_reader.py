@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from receipt_pipeline.core.dynamo_reader import ReadOptions, ReceiptReadError, read_receipt_words
+from receipt_pipeline_tests.aws_faults import THROTTLE, FaultProxy
 from receipt_pipeline_tests.dynamo_items import box, label_item, put_items, receipt_item, word_item
 
 IMAGE_A = "3f1d2c4b-0000-4000-8000-00000000000a"
@@ -135,3 +136,18 @@ def test_accepted_statuses_are_configurable(receipts_table):
     put_items(receipts_table, _labelled_receipt())
     result = read_receipt_words(ReadOptions(table=receipts_table, accepted_statuses=("VALID", "PENDING")))
     assert set(result.frame["image_id"]) == {IMAGE_A, IMAGE_B}
+
+
+@pytest.mark.parametrize(("strategy", "target"), [("gsi3", "Query"), ("scan", "Scan")])
+def test_throttled_reads_are_retried_and_lose_nothing(receipts_table, monkeypatch, strategy, target):
+    put_items(receipts_table, _labelled_receipt())
+    expected = read_receipt_words(ReadOptions(table=receipts_table, strategy=strategy)).frame
+
+    with FaultProxy() as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        proxy.throttle(f"DynamoDB_20120810.{target}", times=4)
+        throttled = read_receipt_words(ReadOptions(table=receipts_table, strategy=strategy, read_parallelism=2))
+
+    assert proxy.injected[THROTTLE] == 4, "every injected throttle reached the reader"
+    assert proxy.requests[f"DynamoDB_20120810.{target}"] > 4
+    assert throttled.frame.equals(expected)

@@ -1,0 +1,1101 @@
+"""Synthetic receipts in the users' real table schema: the demo's data and the scale generator.
+
+A receipt is composed as printed text (merchant header, address, phone, date and time, item lines,
+subtotal, tax, total, payment, footer), laid out in pixels on a thermal-printer grid, turned by a
+small skew angle and normalised to 0..1 with y pointing UP, as the users' OCR stores it. OCR noise
+(confusable characters, dropped punctuation, specks) lowers the confidence of the words it touches.
+Labels go on the words they describe, with a realistic mix of validation statuses.
+
+Everything is a generator: receipt ``n`` of a seed depends only on ``(seed, n)``, and nothing keeps
+more than one receipt in memory, so a million receipts cost the same memory as one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import random
+import time
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeSerializer
+from botocore.exceptions import ClientError
+
+from receipt_pipeline.core import aws
+from receipt_pipeline.core import dynamo_schema as schema
+
+__all__ = [
+    "BATCH_SIZE",
+    "DEFAULT_UNLABELLED_SHARE",
+    "ExpectedTruth",
+    "SyntheticLabel",
+    "SyntheticLine",
+    "SyntheticReceipt",
+    "SyntheticWord",
+    "WriteFailed",
+    "WriteStats",
+    "expected_truth",
+    "expected_valid_label_counts",
+    "iter_receipt_items",
+    "iter_synthetic_receipts",
+    "receipt_items",
+    "seed_synthetic",
+    "write_items",
+]
+
+DEFAULT_UNLABELLED_SHARE = 0.1
+MIN_WORDS, MAX_WORDS = 40, 400
+MIN_ITEM_LINES, MAX_ITEM_LINES = 3, 40
+MAX_SKEW_DEGREES = 2.0
+RAW_BUCKET = "raw-receipt-images"
+# uuid5 namespace for image ids, so that ids are stable across runs and machines
+IMAGE_NAMESPACE = uuid.UUID("5f0b7c3e-2d1a-4c55-9a47-7e1f0c2b9d10")
+
+Point = tuple[float, float]
+Corners = tuple[Point, Point, Point, Point]  # top-left, top-right, bottom-left, bottom-right
+
+# ============================================================================================ model
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticLabel:
+    label: str
+    validation_status: str
+    timestamp_added: str
+    label_proposed_by: str
+    reasoning: str | None
+    label_consolidated_from: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticWord:
+    word_id: int
+    text: str  # as the OCR read it, noise included
+    printed_text: str  # as the printer printed it
+    truth: str | None  # the label the word really carries, whatever its label items say
+    corners: Corners  # normalised, y up
+    confidence: float  # two decimals
+    is_noise: bool
+    embedding_status: str
+    labels: tuple[SyntheticLabel, ...]
+
+    @property
+    def valid_labels(self) -> tuple[str, ...]:
+        return tuple(label.label for label in self.labels if label.validation_status == "VALID")
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticLine:
+    line_id: int
+    words: tuple[SyntheticWord, ...]
+    corners: Corners
+    confidence: float
+
+    @property
+    def text(self) -> str:
+        return " ".join(word.text for word in self.words)
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticReceipt:
+    index: int  # position in the seed's sequence
+    image_id: str
+    receipt_id: int
+    width: int  # pixels
+    height: int
+    angle_degrees: float
+    timestamp_added: str
+    merchant: str
+    lines: tuple[SyntheticLine, ...]
+
+    def words(self) -> Iterator[SyntheticWord]:
+        for line in self.lines:
+            yield from line.words
+
+    @property
+    def has_valid_label(self) -> bool:
+        return any(word.valid_labels for word in self.words())
+
+
+# ======================================================================================= vocabulary
+
+
+@dataclass(frozen=True)
+class _MerchantKind:
+    names: tuple[str, ...]
+    products: tuple[str, ...]
+    price_cents: tuple[int, int]
+    item_lines: tuple[int, int]
+    tips: bool
+
+
+_MERCHANT_KINDS = (
+    _MerchantKind(
+        names=("FRESH MART", "GREEN VALLEY MARKET", "SUNRISE FOODS", "HARBOR GROCERY", "MAPLE LEAF MARKET",
+               "VALLEY FRESH FOODS", "CORNER PANTRY"),
+        products=("BANANAS", "ORGANIC MILK 1GAL", "WHOLE WHEAT BREAD", "LARGE EGGS 12CT", "CHEDDAR CHEESE",
+                  "GREEK YOGURT", "CHICKEN BREAST", "GROUND BEEF 80/20", "ROMAINE HEARTS", "BABY CARROTS",
+                  "GALA APPLES", "HASS AVOCADO", "PENNE PASTA", "MARINARA SAUCE", "OLIVE OIL EV",
+                  "COFFEE BEANS", "ORANGE JUICE", "BUTTER UNSALTED", "TORTILLA CHIPS", "SALSA MILD",
+                  "SPARKLING WATER", "PAPER TOWELS", "DISH SOAP", "FROZEN PEAS", "VANILLA ICE CREAM",
+                  "PEANUT BUTTER", "STRAWBERRY JAM", "JASMINE RICE", "BLACK BEANS", "BABY SPINACH",
+                  "SOURDOUGH LOAF", "ROMA TOMATOES", "YELLOW ONIONS", "RUSSET POTATOES", "OAT CEREAL"),
+        price_cents=(79, 1299),
+        item_lines=(MIN_ITEM_LINES, MAX_ITEM_LINES),
+        tips=False,
+    ),
+    _MerchantKind(
+        names=("THE RUSTY SPOON", "LUCKY DRAGON", "BELLA NAPOLI", "TACO LOCO", "BLUE PLATE DINER",
+               "SAFFRON HOUSE"),
+        products=("CHEESEBURGER", "FRIES LG", "CAESAR SALAD", "MARGHERITA PIZZA", "ICED TEA", "CRAFT IPA",
+                  "FISH TACOS", "CHICKEN WINGS", "FOUNTAIN SODA", "BROWNIE SUNDAE", "PAD THAI", "GREEN CURRY",
+                  "SPRING ROLLS", "GARLIC NAAN", "HOUSE RED WINE", "CLUB SANDWICH", "TOMATO SOUP"),
+        price_cents=(250, 2499),
+        item_lines=(3, 12),
+        tips=True,
+    ),
+    _MerchantKind(
+        names=("ACE CORNER HARDWARE", "TOOL TOWN", "BUILDRIGHT SUPPLY", "MAIN ST HARDWARE"),
+        products=("WOOD SCREWS 1LB", "CLAW HAMMER 16OZ", "PAINT ROLLER 9IN", "DUCT TAPE", "LED BULB 4PK",
+                  "EXTENSION CORD", "WD-40 12OZ", "SANDPAPER 120G", "PVC ELBOW 1/2", "GARDEN HOSE 50FT",
+                  "ZIP TIES 100CT", "WORK GLOVES", "WALL ANCHORS", "PAINTERS TAPE", "AA BATTERIES 8PK"),
+        price_cents=(149, 4999),
+        item_lines=(3, 20),
+        tips=False,
+    ),
+    _MerchantKind(
+        names=("WELLCARE PHARMACY", "CITY DRUG", "HEALTHWAY RX"),
+        products=("IBUPROFEN 200MG", "VITAMIN D3", "BANDAGES 30CT", "TOOTHPASTE", "SHAMPOO 12OZ",
+                  "HAND SANITIZER", "COUGH DROPS", "SUNSCREEN SPF50", "LIP BALM", "COTTON SWABS",
+                  "ALLERGY RELIEF", "FLOSS MINT"),
+        price_cents=(199, 2499),
+        item_lines=(3, 15),
+        tips=False,
+    ),
+    _MerchantKind(
+        names=("DAILY GRIND", "BEAN THERE CAFE", "MORNING RITUAL COFFEE"),
+        products=("LATTE 16OZ", "CAPPUCCINO", "DRIP COFFEE", "CROISSANT", "BLUEBERRY MUFFIN",
+                  "BAGEL CREAM CHS", "CHAI LATTE", "COLD BREW", "AVOCADO TOAST", "OAT MILK", "ESPRESSO DBL"),
+        price_cents=(195, 1295),
+        item_lines=(3, 10),
+        tips=True,
+    ),
+)  # fmt: skip
+
+_STREETS = ("MAIN ST", "OAK AVE", "BROADWAY", "ELM ST", "MARKET ST", "PARK BLVD", "SUNSET BLVD", "MAPLE DR",
+            "CEDAR LN", "2ND AVE", "HIGHLAND RD", "LAKE SHORE DR", "STATE ST", "MILL RD")  # fmt: skip
+_CITIES = (("SPRINGFIELD", "IL"), ("PORTLAND", "OR"), ("AUSTIN", "TX"), ("SANTA BARBARA", "CA"),
+           ("DENVER", "CO"), ("MADISON", "WI"), ("ASHEVILLE", "NC"), ("SEATTLE", "WA"), ("BURLINGTON", "VT"),
+           ("ANN ARBOR", "MI"), ("TUCSON", "AZ"), ("SALEM", "MA"))  # fmt: skip
+_CARDS = ("VISA", "MASTERCARD", "AMEX", "DISCOVER", "DEBIT")
+_FOOTERS = ("THANK YOU FOR SHOPPING WITH US", "PLEASE COME AGAIN", "RETURNS ACCEPTED WITHIN 30 DAYS",
+            "WITH ORIGINAL RECEIPT ONLY", "TELL US HOW WE DID TODAY", "FOR A CHANCE TO WIN A $500 GIFT CARD",
+            "KEEP THIS RECEIPT FOR YOUR RECORDS", "CUSTOMER COPY", "HAVE A GREAT DAY")  # fmt: skip
+_CASHIERS = ("MIKE", "ANA", "JORDAN", "PRIYA", "SAM", "LEE", "ROSA", "TOM")
+
+# wrong labels a labeller plausibly proposes for a word whose true label is the key
+_CONFUSABLE_LABELS = {
+    "MERCHANT_NAME": ("ADDRESS_LINE", "WEBSITE"),
+    "ADDRESS_LINE": ("MERCHANT_NAME", "PHONE_NUMBER"),
+    "PHONE_NUMBER": ("LOYALTY_ID", "ADDRESS_LINE"),
+    "WEBSITE": ("MERCHANT_NAME",),
+    "STORE_HOURS": ("TIME",),
+    "DATE": ("TIME",),
+    "TIME": ("DATE", "STORE_HOURS"),
+    "PRODUCT_NAME": ("MERCHANT_NAME",),
+    "QUANTITY": ("UNIT_PRICE",),
+    "UNIT_PRICE": ("LINE_TOTAL", "QUANTITY"),
+    "LINE_TOTAL": ("UNIT_PRICE", "SUBTOTAL"),
+    "SUBTOTAL": ("GRAND_TOTAL", "LINE_TOTAL"),
+    "TAX": ("LINE_TOTAL",),
+    "TIP": ("TAX",),
+    "GRAND_TOTAL": ("SUBTOTAL", "LINE_TOTAL"),
+    "PAYMENT_METHOD": ("LOYALTY_ID",),
+    "LOYALTY_ID": ("PHONE_NUMBER",),
+    "DISCOUNT": ("COUPON",),
+    "COUPON": ("DISCOUNT",),
+    "CHANGE": ("GRAND_TOTAL",),
+}
+# older label names that the users' consolidation merged into today's vocabulary
+_LEGACY_LABELS = {"GRAND_TOTAL": "TOTAL", "LINE_TOTAL": "PRICE", "DATE": "DATE_TIME", "ADDRESS_LINE": "ADDRESS",
+                  "MERCHANT_NAME": "STORE_NAME", "PHONE_NUMBER": "PHONE"}  # fmt: skip
+_PROPOSERS = ("ai_label_suggestion", "pattern_matcher", "human_review", "validation_agent")
+
+# OCR confusions: a digit read as a letter or the reverse
+_CONFUSABLE_CHARACTERS = {"O": "0", "0": "O", "l": "1", "1": "l", "I": "1", "S": "5", "5": "S", "B": "8",
+                          "8": "B", "Z": "2", "2": "Z"}  # fmt: skip
+_DROPPABLE_PUNCTUATION = ".,:;()-#/"
+_SPECKS = (".", "'", ",", "~", "|", "`")
+
+# ===================================================================================== composition
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    text: str
+    label: str | None = None
+    is_amount: bool = False
+    is_noise: bool = False
+
+
+@dataclass(slots=True)
+class _PrintedLine:
+    left: list[_Token]
+    right: list[_Token] = dataclasses.field(default_factory=list)  # flush right (amounts)
+    centred: bool = False
+    indent: int = 0  # columns
+    scale: float = 1.0  # font size relative to the body text
+    gap_before: float = 0.0  # extra blank space above, in lines
+
+    def word_count(self) -> int:
+        return len(self.left) + len(self.right)
+
+
+def _money(cents: int) -> str:
+    return f"{cents / 100:.2f}" if cents >= 0 else f"-{-cents / 100:.2f}"
+
+
+def _amount(cents: int, label: str | None) -> _Token:
+    return _Token(_money(cents), label, is_amount=True)
+
+
+def _words(text: str, label: str | None = None) -> list[_Token]:
+    return [_Token(word, label) for word in text.split()]
+
+
+def _weighted(rng: random.Random, options: Sequence[tuple[Any, float]]) -> Any:
+    values, weights = zip(*options, strict=True)
+    return rng.choices(values, weights)[0]
+
+
+def _header(rng: random.Random, merchant: str, printed_at: datetime) -> list[_PrintedLine]:
+    street = rng.choice(_STREETS)
+    city, state = rng.choice(_CITIES)
+    lines = [
+        _PrintedLine(_words(merchant, "MERCHANT_NAME"), centred=True, scale=1.5),
+        _PrintedLine(_words(f"{rng.randint(10, 9899)} {street}", "ADDRESS_LINE"), centred=True),
+        _PrintedLine(_words(f"{city}, {state} {rng.randint(10000, 99899)}", "ADDRESS_LINE"), centred=True),
+        _PrintedLine(_phone_tokens(rng), centred=True),
+    ]
+    if rng.random() < 0.3:
+        domain = merchant.lower().replace(" ", "").replace("'", "")
+        lines.append(_PrintedLine([_Token(f"www.{domain}.com", "WEBSITE")], centred=True))
+    if rng.random() < 0.2:
+        hours = f"OPEN {rng.randint(6, 9)}AM-{rng.randint(8, 11)}PM DAILY"
+        lines.append(_PrintedLine(_words(hours, "STORE_HOURS"), centred=True))
+    if rng.random() < 0.5:
+        register = f"REG {rng.randint(1, 12):02d} TRAN {rng.randint(1000, 9999)} CASHIER {rng.choice(_CASHIERS)}"
+        lines.append(_PrintedLine(_words(register), gap_before=0.5))
+    lines.append(_PrintedLine(_date_tokens(rng, printed_at)))
+    return lines
+
+
+def _phone_tokens(rng: random.Random) -> list[_Token]:
+    area, exchange, number = rng.randint(201, 989), rng.randint(200, 999), rng.randint(0, 9999)
+    prefix = _words(rng.choice(("TEL:", "PHONE", "")))
+    style = rng.randrange(3)
+    if style == 0:
+        return prefix + [_Token(f"({area})", "PHONE_NUMBER"), _Token(f"{exchange}-{number:04d}", "PHONE_NUMBER")]
+    separator = "-" if style == 1 else "."
+    return prefix + [_Token(f"{area}{separator}{exchange}{separator}{number:04d}", "PHONE_NUMBER")]
+
+
+def _date_tokens(rng: random.Random, printed_at: datetime) -> list[_Token]:
+    style = rng.randrange(3)
+    if style == 0:
+        date = [printed_at.strftime("%m/%d/%Y")]
+        clock = [printed_at.strftime("%I:%M"), printed_at.strftime("%p")]
+    elif style == 1:
+        date = [printed_at.strftime("%Y-%m-%d")]
+        clock = [printed_at.strftime("%H:%M:%S")]
+    else:
+        date = [printed_at.strftime("%b").upper(), printed_at.strftime("%d,"), printed_at.strftime("%Y")]
+        clock = [printed_at.strftime("%I:%M%p").lstrip("0")]
+    keywords = rng.random() < 0.3
+    return (
+        _words("DATE:" if keywords else "")
+        + [_Token(text, "DATE") for text in date]
+        + _words("TIME:" if keywords else "")
+        + [_Token(text, "TIME") for text in clock]
+    )
+
+
+def _item_lines(rng: random.Random, kind: _MerchantKind, count: int, two_line: bool) -> tuple[list[_PrintedLine], int]:
+    """The item lines of ``count`` purchases, and the sum of their line totals in cents."""
+    separator = rng.choice(("@", "x", "X"))
+    lines: list[_PrintedLine] = []
+    items_cents = 0
+    for _ in range(count):
+        product = rng.choice(kind.products)
+        quantity = _weighted(rng, ((1, 0.62), (2, 0.2), (3, 0.08), (4, 0.05), (6, 0.03), (12, 0.02)))
+        unit_cents = _price_cents(rng, product, kind.price_cents)
+        total_cents = quantity * unit_cents
+        items_cents += total_cents
+        name = _words(product, "PRODUCT_NAME")
+        quantity_token = _Token(str(quantity), "QUANTITY")
+        unit = _amount(unit_cents, "UNIT_PRICE")
+        total = _amount(total_cents, "LINE_TOTAL")
+        if two_line:
+            lines.append(_PrintedLine(name, [total]))
+            lines.append(_PrintedLine([quantity_token, _Token(separator), unit], indent=2))
+        else:
+            lines.append(_PrintedLine([quantity_token, *name, _Token(separator), unit], [total]))
+    return lines, items_cents
+
+
+def _price_cents(rng: random.Random, product: str, price_range: tuple[int, int]) -> int:
+    # a product keeps roughly its price across receipts: a list price from its name, then +-10%
+    low, high = price_range
+    list_price = low + zlib.crc32(product.encode()) % (high - low)
+    return max(low, round(list_price * rng.uniform(0.9, 1.1)))
+
+
+def _totals(rng: random.Random, kind: _MerchantKind, items_cents: int) -> list[_PrintedLine]:
+    lines: list[_PrintedLine] = []
+    subtotal = items_cents
+    if rng.random() < 0.2:
+        discount = -min(items_cents // 4, rng.randint(50, 500))
+        lines.append(
+            _PrintedLine(_words(rng.choice(("MEMBER SAVINGS", "DISCOUNT", "SALE"))), [_amount(discount, "DISCOUNT")])
+        )
+        subtotal += discount
+    if rng.random() < 0.1:
+        coupon = -min(items_cents // 4, rng.randint(25, 300))
+        code = f"SAVE{rng.randint(1, 30)}"
+        lines.append(_PrintedLine(_words(f"COUPON {code}"), [_amount(coupon, "COUPON")]))
+        subtotal += coupon
+    rate = rng.choice((0.0, 0.0475, 0.06, 0.0725, 0.0825, 0.0875, 0.1025))
+    tax = round(subtotal * rate)
+    lines.append(_PrintedLine(_words("SUBTOTAL"), [_amount(subtotal, "SUBTOTAL")], gap_before=0.5))
+    lines.append(_PrintedLine(_words(f"TAX {rate * 100:.2f}%"), [_amount(tax, "TAX")]))
+    tip = 0
+    if kind.tips and rng.random() < 0.6:
+        tip = round(subtotal * rng.choice((0.15, 0.18, 0.2, 0.22)))
+        lines.append(_PrintedLine(_words("TIP"), [_amount(tip, "TIP")]))
+    total = subtotal + tax + tip
+    lines.append(
+        _PrintedLine(_words(rng.choice(("TOTAL", "BALANCE DUE", "TOTAL DUE"))), [_amount(total, "GRAND_TOTAL")])
+    )
+    lines.extend(_payment(rng, total))
+    return lines
+
+
+def _payment(rng: random.Random, total_cents: int) -> list[_PrintedLine]:
+    if rng.random() < 0.25:
+        tendered = -(-total_cents // 500) * 500 + rng.choice((0, 0, 500, 1500))
+        return [
+            _PrintedLine([_Token("CASH", "PAYMENT_METHOD")], [_amount(tendered, None)], gap_before=0.5),
+            _PrintedLine(_words("CHANGE"), [_amount(tendered - total_cents, "CHANGE")]),
+        ]
+    card = rng.choice(_CARDS)
+    masked = rng.choice(("XXXX", "****", "************")) + f"{rng.randint(0, 9999):04d}"
+    lines = [
+        _PrintedLine([_Token(card, "PAYMENT_METHOD"), _Token(masked, "PAYMENT_METHOD")], [_amount(total_cents, None)],
+                     gap_before=0.5),
+    ]  # fmt: skip
+    if rng.random() < 0.5:
+        lines.append(_PrintedLine(_words(f"AUTH CODE {rng.randint(100000, 999999)} APPROVED")))
+    return lines
+
+
+def _loyalty(rng: random.Random) -> list[_PrintedLine]:
+    if rng.random() >= 0.25:
+        return []
+    number = rng.choice(("*****", "#")) + str(rng.randint(10**6, 10**9))
+    return [_PrintedLine(_words(rng.choice(("MEMBER ID:", "REWARDS #"))) + [_Token(number, "LOYALTY_ID")])]
+
+
+def _separator(rng: random.Random) -> _PrintedLine:
+    return _PrintedLine([_Token(rng.choice("-=*") * rng.randint(24, 40), is_noise=True)], centred=True)
+
+
+def _compose(rng: random.Random, kind: _MerchantKind, merchant: str, printed_at: datetime) -> list[_PrintedLine]:
+    """The printed lines of one receipt, top to bottom, with 40 to 400 words."""
+    header = _header(rng, merchant, printed_at)
+    low, high = kind.item_lines
+    count = low + int((high - low) * rng.random() ** 1.8)  # most receipts are short
+    two_line = rng.random() < 0.3
+    while True:
+        items, items_cents = _item_lines(rng, kind, count, two_line)
+        totals = _totals(rng, kind, items_cents)
+        body = [*header, _separator(rng), *items, *totals, *_loyalty(rng)]
+        if sum(line.word_count() for line in body) <= MAX_WORDS - 20 or count <= MIN_ITEM_LINES:
+            break
+        count = max(MIN_ITEM_LINES, count - 5)
+    footer = list(_FOOTERS)
+    rng.shuffle(footer)
+    body.append(_PrintedLine(_words(footer.pop()), centred=True, gap_before=1.0))
+    while sum(line.word_count() for line in body) < MIN_WORDS and footer:
+        body.append(_PrintedLine(_words(footer.pop()), centred=True))
+    _add_specks(rng, body, budget=MAX_WORDS - sum(line.word_count() for line in body))
+    return body
+
+
+def _add_specks(rng: random.Random, lines: list[_PrintedLine], budget: int) -> None:
+    # dust and print artefacts the OCR reads as one-character words
+    for line in lines:
+        if budget > 0 and rng.random() < 0.04:
+            line.left.insert(rng.randint(0, len(line.left)), _Token(rng.choice(_SPECKS), is_noise=True))
+            budget -= 1
+
+
+# ========================================================================================== layout
+
+
+@dataclass(frozen=True, slots=True)
+class _PlacedToken:
+    token: _Token
+    x0: float  # pixels from the left of the text block
+    x1: float
+    y_top: float  # pixels from the top of the text block, growing downwards
+    y_bottom: float
+
+
+def _place(
+    rng: random.Random, lines: list[_PrintedLine], char_width: float
+) -> tuple[list[list[_PlacedToken]], float, float]:
+    """Pixel boxes on a 42-column printer grid; also the block's width and height in pixels."""
+    columns = 42
+    block_width = columns * char_width
+    placed: list[list[_PlacedToken]] = []
+    y = 0.0
+    for line in lines:
+        cw = char_width * line.scale
+        glyph_height = cw * 1.45
+        y += cw * line.gap_before * 2.1
+        y_top, y_bottom = y, y + glyph_height
+        left_columns = sum(len(t.text) + 1 for t in line.left) - 1
+        x = (block_width - left_columns * cw) / 2 if line.centred else line.indent * cw
+        boxes = []
+        for token in line.left:
+            boxes.append(_jittered(rng, token, x, x + len(token.text) * cw, y_top, y_bottom, cw))
+            x += (len(token.text) + 1) * cw
+        if line.right:
+            right_columns = sum(len(t.text) + 1 for t in line.right) - 1
+            x = max(block_width - right_columns * cw, x + cw)  # flush right, or after the text if it is long
+            for token in line.right:
+                boxes.append(_jittered(rng, token, x, x + len(token.text) * cw, y_top, y_bottom, cw))
+                x += (len(token.text) + 1) * cw
+        block_width = max(block_width, x - cw)  # a line too long for the grid widens the receipt
+        placed.append(boxes)
+        y = y_bottom + cw * rng.uniform(0.55, 0.75)
+    return placed, block_width, y
+
+
+def _jittered(
+    rng: random.Random, token: _Token, x0: float, x1: float, top: float, bottom: float, cw: float
+) -> _PlacedToken:
+    # OCR boxes are never exactly on the printer grid
+    wobble = cw * 0.08
+    return _PlacedToken(
+        token,
+        x0 + rng.uniform(-wobble, wobble),
+        x1 + rng.uniform(-wobble, wobble),
+        top + rng.uniform(-wobble, wobble),
+        bottom + rng.uniform(-wobble, wobble),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    """Turns pixel positions in the text block into normalised, y-up receipt coordinates."""
+
+    block_width: float
+    block_height: float
+    width: float  # of the receipt crop, pixels
+    height: float
+    cos: float
+    sin: float
+
+    @classmethod
+    def around(cls, block_width: float, block_height: float, angle: float, pad_x: float, pad_y: float) -> _Frame:
+        cos, sin = math.cos(angle), math.sin(angle)
+        half_w, half_h = block_width / 2, block_height / 2
+        # the crop holds the whole turned block plus a margin
+        width = 2 * (half_w * cos + half_h * abs(sin) + pad_x)
+        height = 2 * (half_w * abs(sin) + half_h * cos + pad_y)
+        return cls(block_width, block_height, width, height, cos, sin)
+
+    def point(self, x: float, y_down: float) -> Point:
+        dx, dy = x - self.block_width / 2, self.block_height / 2 - y_down  # centred, y up
+        turned_x = dx * self.cos - dy * self.sin
+        turned_y = dx * self.sin + dy * self.cos
+        return _unit(turned_x / self.width + 0.5), _unit(turned_y / self.height + 0.5)
+
+    def corners(self, x0: float, x1: float, top: float, bottom: float) -> Corners:
+        return self.point(x0, top), self.point(x1, top), self.point(x0, bottom), self.point(x1, bottom)
+
+
+def _unit(value: float) -> float:
+    return min(max(value, 0.0), 1.0)
+
+
+# =========================================================================================== noise
+
+
+def _ocr_noise(rng: random.Random, token: _Token) -> str | None:
+    """The token as a noisy OCR reads it, or None where no confusion applies."""
+    text = token.text
+    confusable = [i for i, c in enumerate(text) if c in _CONFUSABLE_CHARACTERS]
+    droppable = [] if token.is_amount else [i for i, c in enumerate(text) if c in _DROPPABLE_PUNCTUATION]
+    if len(text) <= 1:
+        droppable = []
+    # amounts keep their decimal point: OCR rarely loses it, and tests read the amounts back
+    if confusable and (not droppable or rng.random() < 0.6):
+        i = rng.choice(confusable)
+        return text[:i] + _CONFUSABLE_CHARACTERS[text[i]] + text[i + 1 :]
+    if droppable:
+        i = rng.choice(droppable)
+        return text[:i] + text[i + 1 :]
+    return None
+
+
+# ========================================================================================== labels
+
+
+@dataclass(frozen=True, slots=True)
+class _LabelPolicy:
+    """How a receipt's words got their labels."""
+
+    validated: bool  # False: nobody validated this receipt, so it has no VALID label
+    proposed: bool  # False: nobody labelled it at all
+
+
+def _right_label_status(rng: random.Random, validated: bool) -> str:
+    if not validated:
+        return _weighted(rng, (("PENDING", 0.5), ("NONE", 0.3), ("NEEDS_REVIEW", 0.2)))
+    return _weighted(
+        rng, (("VALID", 0.86), ("PENDING", 0.05), ("NEEDS_REVIEW", 0.04), ("NONE", 0.03), ("INVALID", 0.02))
+    )
+
+
+def _word_labels(
+    rng: random.Random, text: str, truth: str | None, policy: _LabelPolicy, labelled_at: datetime
+) -> tuple[SyntheticLabel, ...]:
+    if truth is None or not policy.proposed or rng.random() < 0.03:  # some words the labellers missed
+        return ()
+    status = _right_label_status(rng, policy.validated)
+    labels = [_label(rng, text, truth, status, truth, labelled_at)]
+    if rng.random() < 0.08 and truth in _CONFUSABLE_LABELS:
+        wrong = rng.choice(_CONFUSABLE_LABELS[truth])
+        wrong_status = (
+            "INVALID" if policy.validated and rng.random() < 0.85 else rng.choice(("NEEDS_REVIEW", "PENDING"))
+        )
+        labels.append(_label(rng, text, wrong, wrong_status, truth, labelled_at))
+    return tuple(labels)
+
+
+def _label(rng: random.Random, text: str, label: str, status: str, truth: str, labelled_at: datetime) -> SyntheticLabel:
+    added = labelled_at + timedelta(seconds=rng.randint(0, 3 * 86400))
+    if status == "VALID":
+        reasoning = f"'{text}' reads as the {label.lower().replace('_', ' ')} of this receipt"
+    elif status == "INVALID":
+        reasoning = f"'{text}' is a {truth.lower().replace('_', ' ')}, not a {label.lower().replace('_', ' ')}"
+    else:
+        reasoning = None
+    consolidated = _LEGACY_LABELS.get(label) if rng.random() < 0.05 else None
+    return SyntheticLabel(
+        label=label,
+        validation_status=status,
+        timestamp_added=added.isoformat(),
+        label_proposed_by=rng.choice(_PROPOSERS),
+        reasoning=reasoning,
+        label_consolidated_from=consolidated,
+    )
+
+
+def _ensure_a_valid_label(
+    lines: list[SyntheticLine], policy: _LabelPolicy, labelled_at: datetime
+) -> list[SyntheticLine]:
+    # a validated receipt with no VALID label would silently count as unvalidated
+    if not policy.validated or any(word.valid_labels for line in lines for word in line.words):
+        return lines
+    line_index, word_index = next(
+        (i, j) for i, line in enumerate(lines) for j, word in enumerate(line.words) if word.truth
+    )  # the merchant name's first word, unless a speck came first
+    line = lines[line_index]
+    words = list(line.words)
+    word = words[word_index]
+    valid = SyntheticLabel(word.truth, "VALID", labelled_at.isoformat(), "human_review", None, None)
+    others = tuple(label for label in word.labels if label.label != valid.label)
+    words[word_index] = dataclasses.replace(word, labels=(valid, *others))
+    lines = list(lines)
+    lines[line_index] = dataclasses.replace(line, words=tuple(words))
+    return lines
+
+
+# ======================================================================================== receipts
+
+
+def _receipt_rng(seed: int, index: int) -> random.Random:
+    # a string seed is hashed with SHA-512, so it is stable across processes and Python versions
+    return random.Random(f"synthetic-receipt:{seed}:{index}")
+
+
+def _image_ids(seed: int) -> Iterator[tuple[str, int]]:
+    """(image id, receipt id) for receipts in order: most images hold one receipt, some two."""
+    rng = random.Random(f"synthetic-images:{seed}")
+    image = 0
+    while True:
+        image_id = str(uuid.uuid5(IMAGE_NAMESPACE, f"{seed}:{image}"))
+        for receipt_id in range(1, 3 if rng.random() < 0.1 else 2):
+            yield image_id, receipt_id
+        image += 1
+
+
+def iter_synthetic_receipts(
+    receipts: int, seed: int, *, unlabelled_share: float = DEFAULT_UNLABELLED_SHARE
+) -> Iterator[SyntheticReceipt]:
+    """``receipts`` synthetic receipts, one at a time; the same ``(receipts, seed)`` gives the same ones.
+
+    ``unlabelled_share`` of them (drawn per receipt) carry no VALID label: half have no label items,
+    half only unvalidated ones (PENDING, NONE, NEEDS_REVIEW). Receipt ``n`` depends only on
+    ``(seed, n)``, so a longer run starts with the receipts of a shorter one.
+    """
+    if not 0.0 <= unlabelled_share <= 1.0:
+        raise ValueError(f"unlabelled_share must be in 0..1, got {unlabelled_share}")
+    for index, (image_id, receipt_id) in zip(range(receipts), _image_ids(seed), strict=False):
+        yield _receipt(_receipt_rng(seed, index), index, image_id, receipt_id, unlabelled_share)
+
+
+def _receipt(
+    rng: random.Random, index: int, image_id: str, receipt_id: int, unlabelled_share: float
+) -> SyntheticReceipt:
+    kind = _weighted(rng, tuple(zip(_MERCHANT_KINDS, (0.5, 0.2, 0.1, 0.1, 0.1), strict=True)))
+    merchant = rng.choice(kind.names)
+    added = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randint(0, 600 * 86400))
+    printed_at = added - timedelta(minutes=rng.randint(5, 3 * 24 * 60))
+    unvalidated = rng.random() < unlabelled_share
+    policy = _LabelPolicy(validated=not unvalidated, proposed=not unvalidated or rng.random() < 0.5)
+
+    printed = _compose(rng, kind, merchant, printed_at)
+    char_width = rng.uniform(10.0, 16.0)
+    placed, block_width, block_height = _place(rng, printed, char_width)
+    angle_degrees = round(max(-MAX_SKEW_DEGREES, min(MAX_SKEW_DEGREES, rng.gauss(0.0, 0.7))), 4)
+    frame = _Frame.around(
+        block_width, block_height, math.radians(angle_degrees),
+        pad_x=char_width * rng.uniform(1.0, 3.0), pad_y=char_width * rng.uniform(1.5, 4.0),
+    )  # fmt: skip
+    noise_rate = rng.uniform(0.01, 0.08)
+    labelled_at = added + timedelta(minutes=rng.randint(1, 600))
+
+    lines = []
+    for line_id, boxes in enumerate(placed, start=1):
+        words = tuple(
+            _word(rng, word_id, box, frame, noise_rate, policy, labelled_at)
+            for word_id, box in enumerate(boxes, start=1)
+        )
+        line_box = (min(b.x0 for b in boxes), max(b.x1 for b in boxes),
+                    min(b.y_top for b in boxes), max(b.y_bottom for b in boxes))  # fmt: skip
+        confidence = round(sum(w.confidence for w in words) / len(words), 2)
+        lines.append(SyntheticLine(line_id, words, frame.corners(*line_box), confidence))
+    lines = _ensure_a_valid_label(lines, policy, labelled_at)
+    return SyntheticReceipt(
+        index=index,
+        image_id=image_id,
+        receipt_id=receipt_id,
+        width=round(frame.width),
+        height=round(frame.height),
+        angle_degrees=angle_degrees,
+        timestamp_added=added.isoformat(),
+        merchant=merchant,
+        lines=tuple(lines),
+    )
+
+
+def _word(
+    rng: random.Random,
+    word_id: int,
+    box: _PlacedToken,
+    frame: _Frame,
+    noise_rate: float,
+    policy: _LabelPolicy,
+    labelled_at: datetime,
+) -> SyntheticWord:
+    token = box.token
+    noisy = None if token.is_noise or rng.random() >= noise_rate else _ocr_noise(rng, token)
+    if token.is_noise:
+        confidence = rng.uniform(0.15, 0.6)
+    elif noisy is not None:
+        confidence = rng.uniform(0.3, 0.8)
+    else:
+        confidence = rng.uniform(0.86, 1.0)
+    text = noisy or token.text
+    if token.is_noise:
+        embedding_status = "NOISE"
+    else:
+        embedding_status = _weighted(rng, (("SUCCESS", 0.9), ("PENDING", 0.05), ("NONE", 0.04), ("FAILED", 0.01)))
+    return SyntheticWord(
+        word_id=word_id,
+        text=text,
+        printed_text=token.text,
+        truth=token.label,
+        corners=frame.corners(box.x0, box.x1, box.y_top, box.y_bottom),
+        confidence=max(0.01, round(confidence, 2)),
+        is_noise=token.is_noise,
+        embedding_status=embedding_status,
+        labels=_word_labels(rng, text, token.label, policy, labelled_at),
+    )
+
+
+# =========================================================================================== items
+
+
+def _number(value: float, places: int = 6) -> Decimal:
+    return Decimal(f"{value:.{places}f}")
+
+
+def _geometry(corners: Corners, angle_degrees: float) -> dict[str, Any]:
+    xs = [x for x, _ in corners]
+    ys = [y for _, y in corners]
+    x0, y0 = min(xs), min(ys)
+    return {
+        "bounding_box": {
+            "x": _number(x0),
+            "y": _number(y0),  # the bottom edge: y points up
+            "width": _number(max(xs) - x0),
+            "height": _number(max(ys) - y0),
+        },
+        **{
+            name: {"x": _number(x), "y": _number(y)}
+            for name, (x, y) in zip(("top_left", "top_right", "bottom_left", "bottom_right"), corners, strict=True)
+        },
+        "angle_degrees": _number(angle_degrees, 4),
+        "angle_radians": _number(math.radians(angle_degrees), 8),
+    }
+
+
+def _receipt_item(receipt: SyntheticReceipt, pk: str, raw_bucket: str) -> dict[str, Any]:
+    # where the receipt sits in its photo: a little inset and turned like its text
+    inset = 0.04 + (receipt.index % 5) * 0.01
+    tilt = math.radians(receipt.angle_degrees) * 0.5
+    corners = (
+        (inset, 1 - inset + tilt),
+        (1 - inset, 1 - inset - tilt),
+        (inset + tilt, inset),
+        (1 - inset + tilt, inset),
+    )
+    return {
+        "PK": pk,
+        "SK": schema.receipt_sk(receipt.receipt_id),
+        "TYPE": schema.RECEIPT,
+        "width": Decimal(receipt.width),
+        "height": Decimal(receipt.height),
+        "timestamp_added": receipt.timestamp_added,
+        "raw_s3_bucket": raw_bucket,
+        "raw_s3_key": f"raw/{receipt.image_id}.png",
+        **{
+            name: {"x": _number(_unit(x)), "y": _number(_unit(y))}
+            for name, (x, y) in zip(("top_left", "top_right", "bottom_left", "bottom_right"), corners, strict=True)
+        },
+        "sha256": hashlib.sha256(f"{receipt.image_id}:{receipt.receipt_id}".encode()).hexdigest(),
+        "cdn_s3_bucket": None,
+        "cdn_s3_key": None,
+        "cdn_webp_s3_key": None,
+        "cdn_avif_s3_key": None,
+    }
+
+
+def _line_item(pk: str, receipt: SyntheticReceipt, line: SyntheticLine) -> dict[str, Any]:
+    is_noise = all(word.is_noise for word in line.words)
+    return {
+        "PK": pk,
+        "SK": schema.line_sk(receipt.receipt_id, line.line_id),
+        "TYPE": schema.RECEIPT_LINE,
+        "text": line.text,
+        **_geometry(line.corners, receipt.angle_degrees),
+        "confidence": _number(line.confidence, 2),
+        "embedding_status": "NOISE" if is_noise else "SUCCESS",
+        "is_noise": is_noise,
+    }
+
+
+def _word_item(pk: str, receipt: SyntheticReceipt, line: SyntheticLine, word: SyntheticWord) -> dict[str, Any]:
+    return {
+        "PK": pk,
+        "SK": schema.word_sk(receipt.receipt_id, line.line_id, word.word_id),
+        "TYPE": schema.RECEIPT_WORD,
+        "text": word.text,
+        **_geometry(word.corners, receipt.angle_degrees),
+        "confidence": _number(word.confidence, 2),
+        "embedding_status": word.embedding_status,
+        "is_noise": word.is_noise,
+        "extracted_data": None,
+    }
+
+
+def _label_item(
+    pk: str, receipt: SyntheticReceipt, line: SyntheticLine, word: SyntheticWord, label: SyntheticLabel
+) -> dict[str, Any]:
+    sk = schema.label_sk(receipt.receipt_id, line.line_id, word.word_id, label.label)
+    return {
+        "PK": pk,
+        "SK": sk,
+        "TYPE": schema.RECEIPT_WORD_LABEL,
+        "label": label.label,
+        "validation_status": label.validation_status,
+        "reasoning": label.reasoning,
+        "timestamp_added": label.timestamp_added,
+        "label_proposed_by": label.label_proposed_by,
+        "label_consolidated_from": label.label_consolidated_from,
+        # sorted by time within a status, unique through the key
+        "GSI3PK": schema.validation_status_gsi3pk(label.validation_status),
+        "GSI3SK": f"{label.timestamp_added}#{pk}#{sk}",
+        "GSI1PK": schema.label_gsi1pk(label.label),
+        "GSI1SK": f"{pk}#{schema.word_sk(receipt.receipt_id, line.line_id, word.word_id)}",
+    }
+
+
+def receipt_items(receipt: SyntheticReceipt, *, raw_bucket: str = RAW_BUCKET) -> Iterator[dict[str, Any]]:
+    """The table items of one receipt: the receipt, then each line with its words and their labels."""
+    pk = schema.image_pk(receipt.image_id)
+    yield _receipt_item(receipt, pk, raw_bucket)
+    for line in receipt.lines:
+        yield _line_item(pk, receipt, line)
+        for word in line.words:
+            yield _word_item(pk, receipt, line, word)
+            for label in word.labels:
+                yield _label_item(pk, receipt, line, word, label)
+
+
+def iter_receipt_items(
+    receipts: int,
+    seed: int,
+    *,
+    unlabelled_share: float = DEFAULT_UNLABELLED_SHARE,
+    raw_bucket: str = RAW_BUCKET,
+) -> Iterator[dict[str, Any]]:
+    """DynamoDB items (plain values, ``Decimal`` numbers) of ``receipts`` synthetic receipts."""
+    for receipt in iter_synthetic_receipts(receipts, seed, unlabelled_share=unlabelled_share):
+        yield from receipt_items(receipt, raw_bucket=raw_bucket)
+
+
+# ==================================================================================== ground truth
+
+
+@dataclass(frozen=True)
+class ExpectedTruth:
+    """What a reader that keeps VALID labels only should reconstruct from the seeded table."""
+
+    receipts: int
+    labelled_receipts: int  # receipts with at least one VALID label; the others are ignored
+    words_in_labelled_receipts: int  # every word of those receipts, noise words included
+    noise_words_in_labelled_receipts: int
+    words_with_valid_label: int
+    valid_label_counts: Counter[str]  # VALID label items per label
+    items: int  # every item of every receipt
+
+
+def expected_truth(receipts: int, seed: int, *, unlabelled_share: float = DEFAULT_UNLABELLED_SHARE) -> ExpectedTruth:
+    labelled = words = noise = words_with_valid = items = 0
+    counts: Counter[str] = Counter()
+    for receipt in iter_synthetic_receipts(receipts, seed, unlabelled_share=unlabelled_share):
+        receipt_words = list(receipt.words())
+        items += 1 + len(receipt.lines) + len(receipt_words) + sum(len(w.labels) for w in receipt_words)
+        if not receipt.has_valid_label:
+            continue
+        labelled += 1
+        words += len(receipt_words)
+        noise += sum(word.is_noise for word in receipt_words)
+        for word in receipt_words:
+            valid = word.valid_labels
+            words_with_valid += bool(valid)
+            counts.update(valid)
+    return ExpectedTruth(receipts, labelled, words, noise, words_with_valid, counts, items)
+
+
+def expected_valid_label_counts(
+    receipts: int, seed: int, *, unlabelled_share: float = DEFAULT_UNLABELLED_SHARE
+) -> Counter[str]:
+    """VALID label items per label in ``iter_receipt_items(receipts, seed)``."""
+    return expected_truth(receipts, seed, unlabelled_share=unlabelled_share).valid_label_counts
+
+
+# ========================================================================================= writing
+
+BATCH_SIZE = 25  # BatchWriteItem's limit
+_RETRYABLE_ERRORS = frozenset({
+    "ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded",
+    "InternalServerError", "ServiceUnavailable",
+})  # fmt: skip
+
+
+class WriteFailed(RuntimeError):
+    """Items that could not be written; the message names the table."""
+
+
+@dataclass
+class WriteStats:
+    items: int = 0  # items the table accepted
+    requests: int = 0  # BatchWriteItem calls this module made, its own retries included
+    retried_items: int = 0  # items sent again after the table returned them unprocessed
+    sdk_retries: int = 0  # requests botocore resent by itself (throttling, server errors)
+    throttled_requests: int = 0  # calls that still failed on throttling after botocore's retries
+    seconds: float = 0.0
+
+    @property
+    def items_per_second(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+    def add(self, other: WriteStats) -> None:
+        self.items += other.items
+        self.requests += other.requests
+        self.retried_items += other.retried_items
+        self.sdk_retries += other.sdk_retries
+        self.throttled_requests += other.throttled_requests
+
+
+def _put_requests(items: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    serializer = TypeSerializer()
+    for item in items:
+        yield {"PutRequest": {"Item": {name: serializer.serialize(value) for name, value in item.items()}}}
+
+
+def _batches(requests: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for request in requests:
+        batch.append(request)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass(frozen=True)
+class _Backoff:
+    base: float
+    cap: float
+
+    def delay(self, attempt: int) -> float:
+        # "full jitter": spreads the retries of concurrent writers instead of synchronising them
+        return random.uniform(0.0, min(self.cap, self.base * 2**attempt))
+
+
+def _write_batch(
+    client, table_name: str, requests: list[dict[str, Any]], max_retries: int, backoff: _Backoff
+) -> WriteStats:
+    """Writes one batch, retrying what comes back unprocessed or throttled until none is left."""
+    stats = WriteStats()
+    pending = requests
+    for attempt in range(max_retries + 1):
+        if attempt:
+            time.sleep(backoff.delay(attempt - 1))
+        stats.requests += 1
+        try:
+            response = client.batch_write_item(RequestItems={table_name: pending})
+        except ClientError as error:
+            stats.sdk_retries += error.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+            code = error.response.get("Error", {}).get("Code", "")
+            if code not in _RETRYABLE_ERRORS:
+                raise WriteFailed(f"writing to table {table_name!r} failed: {error}") from error
+            stats.throttled_requests += 1
+            continue
+        stats.sdk_retries += response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+        unprocessed = response.get("UnprocessedItems", {}).get(table_name, [])
+        stats.items += len(pending) - len(unprocessed)
+        if not unprocessed:
+            return stats
+        if attempt < max_retries:
+            stats.retried_items += len(unprocessed)
+        pending = unprocessed
+    raise WriteFailed(
+        f"{len(pending)} items still unwritten to table {table_name!r} after {max_retries} retries"
+        " (the table keeps returning them unprocessed or throttling)"
+    )
+
+
+def write_items(
+    table_name: str,
+    items: Iterable[dict[str, Any]],
+    *,
+    client=None,
+    max_retries: int = 10,
+    concurrency: int = 4,
+    on_progress: Callable[[WriteStats], None] | None = None,
+    backoff_base_seconds: float = 0.05,
+    backoff_cap_seconds: float = 5.0,
+) -> WriteStats:
+    """Streams ``items`` into the table with ``BatchWriteItem``, 25 per request, until all are written.
+
+    Unprocessed items are retried with exponential backoff and jitter, at most ``max_retries`` times
+    per batch; then :class:`WriteFailed` is raised. At most ``2 * concurrency`` batches are in
+    flight, so memory stays bounded whatever ``items`` yields. ``on_progress`` gets a snapshot of
+    the stats after each batch, in the calling thread.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    client = client or aws.client("dynamodb", max_pool_connections=max(10, concurrency))
+    backoff = _Backoff(backoff_base_seconds, backoff_cap_seconds)
+    stats = WriteStats()
+    started = time.perf_counter()
+
+    def finished(batch_stats: WriteStats) -> None:
+        stats.add(batch_stats)
+        stats.seconds = time.perf_counter() - started
+        if on_progress:
+            on_progress(dataclasses.replace(stats))
+
+    batches = _batches(_put_requests(items), BATCH_SIZE)
+    if concurrency == 1:
+        for batch in batches:
+            finished(_write_batch(client, table_name, batch, max_retries, backoff))
+    else:
+        _write_concurrently(client, table_name, batches, concurrency, max_retries, backoff, finished)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _write_concurrently(
+    client,
+    table_name: str,
+    batches: Iterator[list[dict[str, Any]]],
+    concurrency: int,
+    max_retries: int,
+    backoff: _Backoff,
+    finished: Callable[[WriteStats], None],
+) -> None:
+    in_flight: set[Future[WriteStats]] = set()
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="batch-write") as pool:
+        try:
+            for batch in batches:
+                if len(in_flight) >= 2 * concurrency:
+                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        finished(future.result())
+                in_flight.add(pool.submit(_write_batch, client, table_name, batch, max_retries, backoff))
+            while in_flight:
+                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finished(future.result())
+        except BaseException:
+            for future in in_flight:
+                future.cancel()
+            raise
+
+
+def seed_synthetic(
+    table_name: str,
+    receipts: int,
+    seed: int,
+    *,
+    unlabelled_share: float = DEFAULT_UNLABELLED_SHARE,
+    client=None,
+    concurrency: int = 4,
+    max_retries: int = 10,
+    on_progress: Callable[[WriteStats], None] | None = None,
+) -> WriteStats:
+    """Writes ``receipts`` synthetic receipts of ``seed`` into the table; see :func:`iter_receipt_items`."""
+    items = iter_receipt_items(receipts, seed, unlabelled_share=unlabelled_share)
+    return write_items(
+        table_name, items, client=client, concurrency=concurrency, max_retries=max_retries, on_progress=on_progress
+    )

@@ -1,0 +1,377 @@
+"""Synthetic receipts: written to the emulator over HTTP with real boto3 clients and read back."""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import math
+import tracemalloc
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import pytest
+from boto3.dynamodb.types import TypeDeserializer
+from botocore.config import Config
+
+from receipt_pipeline.core import aws, dynamo_schema, synthetic
+from receipt_pipeline.core.dynamo_schema import (
+    RECEIPT,
+    RECEIPT_LINE,
+    RECEIPT_WORD,
+    RECEIPT_WORD_LABEL,
+    create_table_request,
+    parse_label,
+    parse_word,
+)
+from receipt_pipeline.core.synthetic import (
+    SyntheticReceipt,
+    WriteFailed,
+    expected_truth,
+    expected_valid_label_counts,
+    iter_receipt_items,
+    iter_synthetic_receipts,
+    seed_synthetic,
+    write_items,
+)
+from receipt_pipeline_tests.aws_faults import BATCH_WRITE_TARGET, PARTIAL_BATCH_WRITE, THROTTLE, FaultProxy
+
+SEED = 7
+RECEIPTS = 6
+# what the OCR noise turns digits into, read back
+_DIGITS_FROM_CONFUSIONS = str.maketrans({"O": "0", "l": "1", "I": "1", "S": "5", "B": "8", "Z": "2"})
+_AMOUNT_LABELS = ("UNIT_PRICE", "LINE_TOTAL", "SUBTOTAL", "TAX", "TIP", "GRAND_TOTAL", "DISCOUNT", "COUPON")
+
+ItemKey = tuple[str, str]
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _key(item: dict[str, Any]) -> ItemKey:
+    return item["PK"], item["SK"]
+
+
+def _paginated(operation: str, page_size: int = 250, **kwargs) -> tuple[list[dict[str, Any]], int]:
+    """Every item an operation returns, deserialised, and the number of pages it took."""
+    deserializer = TypeDeserializer()
+    paginator = aws.client("dynamodb").get_paginator(operation)
+    items, pages = [], 0
+    for page in paginator.paginate(**kwargs, PaginationConfig={"PageSize": page_size}):
+        pages += 1
+        items.extend({name: deserializer.deserialize(value) for name, value in item.items()} for item in page["Items"])
+    return items, pages
+
+
+def _cents(text: str) -> int:
+    return round(Decimal(text.translate(_DIGITS_FROM_CONFUSIONS)) * 100)
+
+
+def _amounts_in_reading_order(words: Iterable[tuple[str, str | None]]) -> dict[str, list[int]]:
+    """Cents per label, in reading order, from ``(printed text, true label)`` pairs."""
+    amounts: dict[str, list[int]] = defaultdict(list)
+    for text, label in words:
+        if label in _AMOUNT_LABELS:
+            amounts[label].append(_cents(text))
+        elif label == "QUANTITY":
+            amounts[label].append(int(text.translate(_DIGITS_FROM_CONFUSIONS)))
+    return amounts
+
+
+def _assert_amounts_add_up(amounts: dict[str, list[int]], receipt: str) -> None:
+    quantities, units, totals = amounts["QUANTITY"], amounts["UNIT_PRICE"], amounts["LINE_TOTAL"]
+    assert len(quantities) == len(units) == len(totals), receipt
+    assert all(q * u == t for q, u, t in zip(quantities, units, totals, strict=True)), receipt
+    [subtotal], [tax], [grand_total] = amounts["SUBTOTAL"], amounts["TAX"], amounts["GRAND_TOTAL"]
+    assert sum(totals) + sum(amounts["DISCOUNT"]) + sum(amounts["COUPON"]) == subtotal, receipt
+    assert subtotal + tax + sum(amounts["TIP"]) == grand_total, receipt
+    assert 0 <= tax < subtotal, receipt
+
+
+def _line_centre_y(item: dict[str, Any]) -> float:
+    box = item["bounding_box"]
+    return float(box["y"] + box["height"] / 2)
+
+
+def _truth_by_word(receipts: Iterable[SyntheticReceipt]) -> dict[tuple, str | None]:
+    return {
+        (r.image_id, r.receipt_id, line.line_id, word.word_id): word.truth
+        for r in receipts
+        for line in r.lines
+        for word in line.words
+    }
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def seeded(aws_emulator):
+    """A table holding RECEIPTS receipts of SEED, the stats of writing them, and every item read back."""
+    table = f"receipts-synthetic-{uuid.uuid4().hex[:8]}"
+    client = aws.client("dynamodb")
+    client.create_table(**create_table_request(table))
+    client.get_waiter("table_exists").wait(TableName=table)
+    progress: list[synthetic.WriteStats] = []
+    stats = seed_synthetic(table, RECEIPTS, SEED, on_progress=progress.append)
+    items, pages = _paginated("scan", TableName=table)
+    yield {"table": table, "stats": stats, "progress": progress, "items": items, "pages": pages}
+    client.delete_table(TableName=table)
+
+
+@pytest.fixture
+def faults(aws_emulator, monkeypatch) -> FaultProxy:
+    with FaultProxy() as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        yield proxy
+
+
+# ------------------------------------------------------------------------------- the seeded table
+
+
+def test_the_table_holds_every_generated_item_exactly_once(seeded):
+    generated = list(iter_receipt_items(RECEIPTS, SEED))
+    read_back = seeded["items"]
+
+    assert seeded["pages"] > 1  # the read really paginated
+    assert len(read_back) == len(generated) == len({_key(item) for item in read_back})
+    assert {_key(item): item for item in read_back} == {_key(item): item for item in generated}
+    stats = seeded["stats"]
+    assert stats.items == len(generated)
+    assert stats.requests == math.ceil(len(generated) / synthetic.BATCH_SIZE)
+    assert stats.retried_items == 0
+    assert expected_truth(RECEIPTS, SEED).items == len(generated)
+    # progress arrives per batch, in the caller's thread, and ends at the total
+    assert [p.items for p in seeded["progress"]] == sorted(p.items for p in seeded["progress"])
+    assert seeded["progress"][-1].items == len(generated)
+
+
+def test_every_item_type_is_present_and_words_and_labels_parse_with_the_readers_parsers(seeded):
+    by_type = defaultdict(list)
+    for item in seeded["items"]:
+        by_type[item["TYPE"]].append(item)
+
+    assert set(by_type) == {RECEIPT, RECEIPT_LINE, RECEIPT_WORD, RECEIPT_WORD_LABEL}
+    assert len(by_type[RECEIPT]) == RECEIPTS
+    words = [parse_word(item, tolerance=0.0) for item in by_type[RECEIPT_WORD]]
+    labels = [parse_label(item) for item in by_type[RECEIPT_WORD_LABEL]]
+    assert {label.key for label in labels} <= {word.key for word in words}
+    assert all(0 < word.confidence <= 1 and round(word.confidence, 2) == word.confidence for word in words)
+    assert {label.label for label in labels} <= set(dynamo_schema.LABEL_VOCABULARY)
+    for receipt in by_type[RECEIPT]:
+        assert receipt["width"] > 0 and receipt["height"] > 0
+        assert datetime.datetime.fromisoformat(receipt["timestamp_added"]).tzinfo is not None
+        assert receipt["raw_s3_key"].endswith(".png") and len(receipt["sha256"]) == 64
+        assert receipt["cdn_s3_key"] is None
+    for item in by_type[RECEIPT_WORD_LABEL]:
+        assert item["GSI3PK"] == dynamo_schema.validation_status_gsi3pk(item["validation_status"])
+        assert item["GSI1PK"] == dynamo_schema.label_gsi1pk(item["label"])
+        assert item["GSI3SK"].startswith(item["timestamp_added"])
+    assert {item["embedding_status"] for item in by_type[RECEIPT_WORD]} <= {
+        "NONE", "PENDING", "SUCCESS", "FAILED", "NOISE"
+    }  # fmt: skip
+
+
+def test_receipts_have_40_to_400_words_and_the_amounts_in_their_text_add_up(seeded):
+    words_by_receipt: dict[tuple, list[dict]] = defaultdict(list)
+    for item in seeded["items"]:
+        if item["TYPE"] == RECEIPT_WORD:
+            words_by_receipt[parse_word(item).key[:2]].append(item)
+    truth = _truth_by_word(iter_synthetic_receipts(RECEIPTS, SEED))
+
+    assert len(words_by_receipt) == RECEIPTS
+    for receipt, items in words_by_receipt.items():
+        assert 40 <= len(items) <= 400, receipt
+        # the stored, noisy text, read in key order, with the labels the words really carry
+        words = sorted((parse_word(item).key, item["text"]) for item in items)
+        amounts = _amounts_in_reading_order((text, truth[key]) for key, text in words)
+        assert 3 <= len(amounts["LINE_TOTAL"]) <= 40, receipt
+        _assert_amounts_add_up(amounts, str(receipt))
+
+
+def test_coordinates_are_normalised_with_y_up_and_the_top_line_highest(seeded):
+    lines_by_receipt: dict[tuple, list[dict]] = defaultdict(list)
+    for item in seeded["items"]:
+        if item["TYPE"] in (RECEIPT_LINE, RECEIPT_WORD):
+            box = item["bounding_box"]
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 1 and box["width"] > 0
+            assert box["y"] >= 0 and box["y"] + box["height"] <= 1 and box["height"] > 0
+            assert item["top_left"]["y"] > item["bottom_left"]["y"]  # y points up
+            assert item["top_right"]["x"] > item["top_left"]["x"]
+            assert abs(float(item["angle_radians"]) - math.radians(item["angle_degrees"])) < 1e-7
+            assert abs(item["angle_degrees"]) <= synthetic.MAX_SKEW_DEGREES
+        if item["TYPE"] == RECEIPT_LINE:
+            lines_by_receipt[(item["PK"], item["SK"].split("#LINE#")[0])].append(item)
+
+    skews = set()
+    for receipt, lines in lines_by_receipt.items():
+        lines.sort(key=lambda item: item["SK"])
+        centres = [_line_centre_y(line) for line in lines]
+        assert centres == sorted(centres, reverse=True) and len(set(centres)) == len(centres), receipt
+        assert lines[0]["bounding_box"]["y"] == max(line["bounding_box"]["y"] for line in lines)
+        skews.add(lines[0]["angle_degrees"])
+    assert len(skews) > 1 and any(skews)  # receipts are skewed, and not all alike
+
+
+def test_statuses_are_mixed_with_valid_dominant_and_some_words_carry_two_labels(seeded):
+    labels = [item for item in seeded["items"] if item["TYPE"] == RECEIPT_WORD_LABEL]
+    statuses = Counter(item["validation_status"] for item in labels)
+    labels_per_word = defaultdict(list)
+    for item in labels:
+        labels_per_word[parse_label(item).key].append(item["validation_status"])
+    doubled = [sorted(s) for s in labels_per_word.values() if len(s) > 1]
+
+    assert set(statuses) == set(dynamo_schema.VALIDATION_STATUSES)
+    assert statuses["VALID"] > 0.6 * len(labels)
+    assert statuses["VALID"] > 5 * max(count for status, count in statuses.items() if status != "VALID")
+    assert len(doubled) >= RECEIPTS
+    # usually a wrong label, rejected, beside the word's right one
+    assert Counter(tuple(s) for s in doubled).most_common(1)[0][0] == ("INVALID", "VALID")
+
+
+def test_the_valid_labels_in_the_table_are_the_expected_ground_truth(seeded):
+    truth = expected_truth(RECEIPTS, SEED)
+    valid, pages = _paginated(
+        "query",
+        page_size=50,
+        TableName=seeded["table"],
+        IndexName="GSI3",
+        KeyConditionExpression="GSI3PK = :status",
+        ExpressionAttributeValues={":status": {"S": dynamo_schema.validation_status_gsi3pk("VALID")}},
+    )
+
+    assert pages > 1
+    assert Counter(item["label"] for item in valid) == truth.valid_label_counts
+    assert truth.valid_label_counts == expected_valid_label_counts(RECEIPTS, SEED)
+    assert [item["GSI3SK"] for item in valid] == sorted(item["GSI3SK"] for item in valid)
+    labelled = {parse_label(item).key[:2] for item in valid}
+    assert len(labelled) == truth.labelled_receipts
+    words = [parse_word(i) for i in seeded["items"] if i["TYPE"] == RECEIPT_WORD]
+    assert sum(word.key[:2] in labelled for word in words) == truth.words_in_labelled_receipts
+    assert len({parse_label(item).key for item in valid}) == truth.words_with_valid_label
+
+
+# --------------------------------------------------------------------------------- the generator
+
+
+def test_a_share_of_receipts_has_no_valid_label_and_is_left_out_of_the_truth():
+    receipts = list(iter_synthetic_receipts(60, SEED, unlabelled_share=0.3))
+    without_valid = [r for r in receipts if not r.has_valid_label]
+    proposed_only = [r for r in without_valid if any(w.labels for w in r.words())]
+    truth = expected_truth(60, SEED, unlabelled_share=0.3)
+
+    assert 6 <= len(without_valid) <= 30
+    assert proposed_only and len(proposed_only) < len(without_valid)  # some labelled but not validated
+    assert truth.labelled_receipts == 60 - len(without_valid)
+    assert truth.words_in_labelled_receipts == sum(len(list(r.words())) for r in receipts if r.has_valid_label)
+    assert all(r.has_valid_label for r in iter_synthetic_receipts(30, SEED, unlabelled_share=0.0))
+    assert expected_valid_label_counts(10, SEED, unlabelled_share=1.0) == Counter()
+
+
+def test_receipts_read_like_receipts():
+    receipts = list(iter_synthetic_receipts(40, 3))
+    labels = Counter(word.truth for receipt in receipts for word in receipt.words() if word.truth)
+    noisy = [w for r in receipts for w in r.words() if w.text != w.printed_text]
+    clean = [w for r in receipts for w in r.words() if w.text == w.printed_text and not w.is_noise]
+
+    core = {"MERCHANT_NAME", "ADDRESS_LINE", "PHONE_NUMBER", "DATE", "TIME", "PRODUCT_NAME", "QUANTITY",
+            "UNIT_PRICE", "LINE_TOTAL", "SUBTOTAL", "TAX", "GRAND_TOTAL", "PAYMENT_METHOD"}  # fmt: skip
+    assert all(labels[label] >= 40 for label in core)  # on every receipt
+    assert {"WEBSITE", "STORE_HOURS", "LOYALTY_ID", "DISCOUNT", "CHANGE"} <= set(labels)
+    assert set(labels) <= set(dynamo_schema.LABEL_VOCABULARY)
+    for receipt in receipts:
+        first_line = receipt.lines[0]
+        assert [w.printed_text for w in first_line.words if not w.is_noise] == receipt.merchant.split()
+    # OCR noise: some words misread, and misread words are the less confident ones
+    assert 0.005 < len(noisy) / (len(noisy) + len(clean)) < 0.1
+    assert max(w.confidence for w in noisy) < min(w.confidence for w in clean)
+    assert any(w.is_noise for r in receipts for w in r.words())
+
+
+def test_the_same_seed_gives_the_same_items_and_another_seed_others():
+    first = list(iter_receipt_items(3, 11))
+
+    assert first == list(iter_receipt_items(3, 11))
+    assert list(iter_receipt_items(2, 11)) == first[: sum(1 for _ in iter_receipt_items(2, 11))]
+    other = list(iter_receipt_items(3, 12))
+    assert {item["PK"] for item in first}.isdisjoint(item["PK"] for item in other)
+    assert [item.get("text") for item in first] != [item.get("text") for item in other]
+    image_ids = [r.image_id for r in iter_synthetic_receipts(3, 11)]
+    assert all(uuid.UUID(image_id).version == 5 for image_id in image_ids)
+
+
+def test_many_receipts_stream_without_being_held():
+    live_receipts = []
+    word_counts, item_lines = [], []
+    for receipt in iter_synthetic_receipts(2000, 99):
+        words = list(receipt.words())
+        word_counts.append(len(words))
+        amounts = _amounts_in_reading_order((w.printed_text, w.truth) for w in words)
+        item_lines.append(len(amounts["LINE_TOTAL"]))
+        _assert_amounts_add_up(amounts, receipt.image_id)
+        if receipt.index % 500 == 499:
+            del words
+            live_receipts.append(sum(isinstance(o, SyntheticReceipt) for o in gc.get_objects()))
+
+    assert len(word_counts) == 2000
+    assert live_receipts == [1, 1, 1, 1]  # only the one in hand
+    assert min(word_counts) >= 40 and max(word_counts) <= 400
+    assert min(item_lines) == 3 and max(item_lines) > 30 and max(item_lines) <= 40
+
+    # held in a list, the items of 40 receipts take about 24 MB; streamed, a fraction of one
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in iter_receipt_items(40, 99))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count > 40 * 100
+    assert peak < 2_000_000
+
+
+# ------------------------------------------------------------------------------- writing under load
+
+
+def test_write_items_writes_every_item_once_through_partial_writes_and_throttling(receipts_table, faults):
+    items = list(iter_receipt_items(2, 21))
+    faults.partial_batch_writes(times=6, keep=7)
+    faults.throttle(BATCH_WRITE_TARGET, times=1)
+
+    stats = write_items(receipts_table, iter(items), concurrency=3)
+
+    read_back, _ = _paginated("scan", TableName=receipts_table)
+    assert len(read_back) == len(items)
+    assert {_key(item) for item in read_back} == {_key(item) for item in items}
+    assert faults.injected[PARTIAL_BATCH_WRITE] == 6 and faults.injected[THROTTLE] == 1
+    assert stats.items == len(items)
+    assert stats.retried_items == faults.deferred_items > 0
+    assert stats.sdk_retries == 1  # botocore absorbed the throttling
+    assert stats.requests > math.ceil(len(items) / synthetic.BATCH_SIZE)
+
+
+def test_write_items_gives_up_after_max_retries_naming_the_table(receipts_table, faults):
+    faults.partial_batch_writes(times=100, keep=0)
+
+    with pytest.raises(WriteFailed, match=receipts_table) as raised:
+        write_items(receipts_table, iter_receipt_items(1, 5), max_retries=2, concurrency=1, backoff_base_seconds=0.001)
+
+    assert "after 2 retries" in str(raised.value)
+    assert faults.injected[PARTIAL_BATCH_WRITE] == 3  # the first try and two retries of the first batch
+
+
+def test_write_items_retries_throttling_that_outlasts_botocore(receipts_table, faults):
+    items = list(iter_receipt_items(1, 8))[:60]
+    # botocore gives up at once, and without adaptive mode's slow start after throttling
+    client = boto3.session.Session().client(
+        "dynamodb", config=Config(retries={"mode": "standard", "total_max_attempts": 1})
+    )
+    faults.throttle(BATCH_WRITE_TARGET, times=2)
+
+    stats = write_items(receipts_table, items, client=client, concurrency=1, backoff_base_seconds=0.001)
+
+    assert stats.throttled_requests == 2
+    assert stats.items == 60
+    assert len(_paginated("scan", TableName=receipts_table)[0]) == 60
