@@ -115,7 +115,7 @@ def sroie_receipts(
         "words": len(frame),
         "problems": len(result.problems),
         "problems_by_reason": dg.MetadataValue.json(dict(result.problem_counts)),
-        "problem_files": dg.MetadataValue.json([f"{path}: {reason}" for path, reason in result.problems[:20]]),
+        "problem_files": dg.MetadataValue.json([str(problem) for problem in result.problems[:20]]),
         "dagster/row_count": len(frame),
         "dagster/column_schema": _column_schema(),
     }

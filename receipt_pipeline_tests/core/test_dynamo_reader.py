@@ -1,9 +1,12 @@
 import math
+from collections import Counter
 
 import pandas as pd
 import pytest
 
 from receipt_pipeline.core.dynamo_reader import ReadOptions, ReceiptReadError, read_receipt_words
+from receipt_pipeline.core.dynamo_schema import word_sk
+from receipt_pipeline.core.synthetic import expected_truth, iter_receipt_items, seed_synthetic
 from receipt_pipeline_tests.aws_faults import THROTTLE, FaultProxy
 from receipt_pipeline_tests.dynamo_items import box, label_item, put_items, receipt_item, word_item
 
@@ -126,9 +129,7 @@ def test_a_table_without_labelled_receipts_fails(receipts_table):
         receipts_table,
         [word_item(IMAGE_B, 1, 1, 1, "X", box(0.1, 0.5)), label_item(IMAGE_B, 1, 1, 1, "TAX", "PENDING")],
     )
-    with pytest.raises(
-        ReceiptReadError, match=rf"{receipts_table}.*no receipt has a label with status VALID"
-    ):
+    with pytest.raises(ReceiptReadError, match=rf"{receipts_table}.*no receipt has a label with status VALID"):
         read_receipt_words(ReadOptions(table=receipts_table))
 
 
@@ -151,3 +152,31 @@ def test_throttled_reads_are_retried_and_lose_nothing(receipts_table, monkeypatc
     assert proxy.injected[THROTTLE] == 4, "every injected throttle reached the reader"
     assert proxy.requests[f"DynamoDB_20120810.{target}"] > 4
     assert throttled.frame.equals(expected)
+
+
+def test_a_seeded_table_round_trips_label_counts_and_flipped_coordinates(receipts_table):
+    receipts, seed = 12, 5
+    seed_synthetic(receipts_table, receipts, seed)
+    truth = expected_truth(receipts, seed)
+
+    result = read_receipt_words(ReadOptions(table=receipts_table, read_parallelism=4))
+
+    frame = result.frame
+    assert result.receipts == truth.labelled_receipts < receipts, "receipts without a VALID label are skipped"
+    assert len(frame) == truth.words_in_labelled_receipts
+    read_counts = Counter(label for labels in frame["labels"] for label in labels)
+    assert read_counts == truth.valid_label_counts
+    assert result.skipped_total == 0
+
+    stored_boxes = {
+        (item["PK"].removeprefix("IMAGE#"), item["SK"]): item["bounding_box"]
+        for item in iter_receipt_items(receipts, seed)
+        if item["TYPE"] == "RECEIPT_WORD"
+    }
+    for row in frame.itertuples():
+        stored = stored_boxes[(row.image_id, word_sk(row.receipt_id, row.line_id, row.word_id))]
+        x, y, w, h = (float(stored[k]) for k in ("x", "y", "width", "height"))
+        assert (row.x0, row.y0, row.x1, row.y1) == pytest.approx((x, 1 - (y + h), x + w, 1 - y), abs=1e-9)
+    first_lines = frame[frame["line_id"] == 1].groupby(["image_id", "receipt_id"])["y0"].mean()
+    last_lines = frame.groupby(["image_id", "receipt_id"])["y0"].max()
+    assert (first_lines < last_lines).all(), "line 1 is the top of the receipt once y points down"

@@ -6,7 +6,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from receipt_pipeline.core import storage
+from receipt_pipeline.core import storage, word_table
 from receipt_pipeline.core.settings import DeploymentSettings, SettingsError
 from receipt_pipeline.definitions import build_definitions
 from receipt_pipeline.defs import ingestion
@@ -138,3 +138,29 @@ def test_asset_keys_and_groups():
     assert {"raw_receipt_words", "sroie_receipts"} <= set(specs)
     assert all(len(spec.key.path) == 1 for spec in specs.values()), "groups, not key prefixes"
     assert specs["raw_receipt_words"].group_name == specs["sroie_receipts"].group_name == "ingestion"
+
+
+def test_sroie_receipts_reports_coverage_and_problems_as_metadata(tmp_path, shared_sroie_dir):
+    settings = _local_settings(tmp_path, "unused", sroie_dir=str(shared_sroie_dir))
+
+    result = _materialize(settings, ingestion.sroie_receipts)
+
+    metadata = _metadata(result, "sroie_receipts")
+    for field in ("company", "date", "address", "total"):
+        assert isinstance(metadata[f"coverage/{field}"], float)
+        assert metadata[f"coverage/{field}"] >= 0.95
+    assert metadata["receipts_per_split"] == {"train": 626}
+    assert metadata["problems"] == sum(metadata["problems_by_reason"].values()) > 0
+    assert all(":" in line for line in metadata["problem_files"])
+    words = build_definitions(settings).load_asset_value("sroie_receipts")
+    assert metadata["dagster/row_count"] == len(words)
+    assert set(words["source"]) == {"sroie"} and set(words["source_split"]) == {"train"}
+    assert list(words.columns) == word_table.COLUMNS, "the same table shape as raw_receipt_words"
+
+
+def test_sroie_receipts_without_a_folder_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.delenv("SROIE_DIR", raising=False)
+    result = _materialize(_local_settings(tmp_path, "unused"), ingestion.sroie_receipts, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "set SROIE_DIR" in str(failure.step_failure_data.error)
