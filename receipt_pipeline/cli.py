@@ -82,9 +82,7 @@ def _start_emulator_process(port: int) -> tuple[subprocess.Popen, dict[str, str]
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
             raise click.ClickException(f"port {port} is in use; pick another with --port")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "receipt_pipeline.cli", "local-aws", "--port", str(port)]
-    )
+    process = subprocess.Popen([sys.executable, "-m", "receipt_pipeline.cli", "local-aws", "--port", str(port)])
     _wait_for_port("127.0.0.1", port, process)
     env = local_aws.emulator_env("127.0.0.1", port)
     os.environ.update(env)
@@ -100,10 +98,10 @@ def _start_emulator_process(port: int) -> tuple[subprocess.Popen, dict[str, str]
     return process, env
 
 
-def _stop(process: subprocess.Popen) -> None:
+def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
     process.terminate()
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
 
@@ -140,6 +138,7 @@ def demo(port: int, receipts: int, seed: int) -> None:
     if settings.deployment != "local":
         raise click.ClickException("the demo runs on the local deployment only")
     home = _local_dagster_home()
+    _exit_cleanly_on_sigterm()
     process, _ = _start_emulator_process(port)
     try:
         _seed_if_empty(receipts, seed)
@@ -166,14 +165,24 @@ def dev(port: int, ui_port: int, receipts: int) -> None:
     """Start the AWS emulator (seeded) and `dagster dev` against the local deployment."""
     os.environ.setdefault("RECEIPT_PIPELINE_DEPLOYMENT", "local")
     _local_dagster_home()
-    process, _ = _start_emulator_process(port)
+    _exit_cleanly_on_sigterm()
+    emulator, _ = _start_emulator_process(port)
+    ui = None
     try:
         _seed_if_empty(receipts, seed=7)
-        subprocess.run(
-            [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-p", str(ui_port)], check=False
-        )
+        command = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml"]
+        command += ["-h", "127.0.0.1", "-p", str(ui_port)]
+        ui = subprocess.Popen(command)
+        ui.wait()
     finally:
-        _stop(process)
+        if ui is not None:
+            _stop(ui, timeout=30)
+        _stop(emulator)
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    # the default SIGTERM action kills this process before its `finally` blocks stop the children
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
 
 if __name__ == "__main__":

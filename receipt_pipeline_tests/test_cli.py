@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
 
 from receipt_pipeline.core import aws, local_aws
 from receipt_pipeline.core.dynamo_reader import ReadOptions, read_receipt_words
@@ -62,3 +65,49 @@ def test_local_aws_serves_the_table_and_bucket_until_terminated(monkeypatch, tmp
         stdout, _ = server.communicate(timeout=20)
     assert server.returncode == 0
     assert f"http://127.0.0.1:{port}" in stdout
+
+
+def _graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_dev_serves_the_ui_with_the_local_code_location_and_stops_its_children(tmp_path):
+    aws_port, ui_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        DAGSTER_HOME=str(tmp_path / "dagster_home"),
+        RECEIPT_PIPELINE_DATA_DIR=str(tmp_path / "data"),
+        RECEIPT_PIPELINE_DEPLOYMENT="local",
+    )
+    dev = subprocess.Popen(
+        _cli("dev", "--port", str(aws_port), "--ui-port", str(ui_port), "--receipts", "2"),
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        assets = None
+        while time.monotonic() < deadline and assets is None:
+            assert dev.poll() is None, "receipt-pipeline dev exited early"
+            try:
+                data = _graphql(ui_port, "{ assetNodes { assetKey { path } groupName } }")["data"]
+                assets = {tuple(n["assetKey"]["path"]): n["groupName"] for n in data["assetNodes"]} or None
+            except (OSError, KeyError, TypeError):
+                time.sleep(1)
+        assert assets is not None, "the UI never served the code location"
+        assert assets[("raw_receipt_words",)] == "ingestion"
+        assert assets[("sroie_receipts",)] == "ingestion"
+    finally:
+        dev.send_signal(signal.SIGTERM)
+        dev.wait(timeout=60)
+    for port in (aws_port, ui_port):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served after dev stopped"
