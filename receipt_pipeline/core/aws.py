@@ -6,6 +6,8 @@ profiles, instance roles): botocore reads them itself, so nothing here takes an 
 
 from __future__ import annotations
 
+import os
+
 import boto3
 from botocore.config import Config
 
@@ -21,11 +23,14 @@ def client_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS, max_pool_connections
     )
 
 
-def client(service: str, *, session: boto3.session.Session | None = None, **config_kwargs):
-    session = session or boto3.session.Session()
-    return session.client(service, config=client_config(**config_kwargs))
+def session() -> boto3.session.Session:
+    # botocore reads AWS_DEFAULT_REGION but not AWS_REGION, which the other AWS SDKs and the AWS CLI v2 use
+    return boto3.session.Session(region_name=os.environ.get("AWS_REGION") or None)
 
 
-def resource(service: str, *, session: boto3.session.Session | None = None, **config_kwargs):
-    session = session or boto3.session.Session()
-    return session.resource(service, config=client_config(**config_kwargs))
+def client(service: str, **config_kwargs):
+    return session().client(service, config=client_config(**config_kwargs))
+
+
+def resource(service: str, **config_kwargs):
+    return session().resource(service, config=client_config(**config_kwargs))

@@ -70,7 +70,7 @@ class ReadResult:
     table: str
     strategy: str
     receipts: int
-    items_read: int
+    items_read: int  # items DynamoDB evaluated (and bills read capacity for)
     requests: int
     skipped: Counter = field(default_factory=Counter)  # reason -> items
     skipped_keys: list[str] = field(default_factory=list)  # "PK|SK: reason", the first few
@@ -91,9 +91,9 @@ class _Tally:
         self.items = 0
         self.requests = 0
 
-    def page(self, items: int) -> None:
+    def page(self, evaluated: int) -> None:
         with self._lock:
-            self.items += items
+            self.items += evaluated
             self.requests += 1
 
 
@@ -106,7 +106,8 @@ def _plain(item: Mapping[str, Any]) -> dict[str, Any]:
 
 def _pages(client, operation: str, tally: _Tally, **kwargs) -> Iterator[dict[str, Any]]:
     for page in client.get_paginator(operation).paginate(**kwargs):
-        tally.page(len(page.get("Items", [])))
+        # what DynamoDB bills for: every item a Scan evaluates, not only those its filter returns
+        tally.page(page.get("ScannedCount", len(page.get("Items", []))))
         yield from (_plain(item) for item in page.get("Items", []))
 
 
