@@ -16,10 +16,13 @@ from botocore.config import Config
 DEFAULT_MAX_ATTEMPTS = 10
 
 
-def client_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS, max_pool_connections: int = 32) -> Config:
+def client_config(
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS, max_pool_connections: int = 32, parameter_validation: bool = True
+) -> Config:
     return Config(
         retries={"mode": "adaptive", "total_max_attempts": max_attempts},
         max_pool_connections=max_pool_connections,
+        parameter_validation=parameter_validation,
     )
 
 

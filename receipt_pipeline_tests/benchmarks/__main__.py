@@ -94,7 +94,7 @@ def _seed_worker(receipts: int, endpoint: str) -> None:
     print(json.dumps({"items": stats.items, "retried": stats.retried_items, "seconds": seconds, "peak_mib": peak_mib}))
 
 
-def seed_stream(sizes: tuple[int, ...] = (250, 1000, 4000)) -> str:
+def seed_stream(sizes: tuple[int, ...] = (1000, 10000)) -> str:
     """Peak memory of `seed-synthetic` must not grow with the number of receipts."""
     from receipt_pipeline_tests.benchmarks.null_dynamodb import NullDynamoDB
 
