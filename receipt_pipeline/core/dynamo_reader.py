@@ -312,9 +312,7 @@ def read_receipt_words(options: ReadOptions, client=None) -> ReadResult:
 
     with ThreadPoolExecutor(max_workers=options.read_parallelism, thread_name_prefix="dynamo-read") as pool:
         if options.strategy == "gsi3":
-            partials = list(
-                pool.map(read_image, labelled_image_ids(client, table, options.accepted_statuses, tally))
-            )
+            partials = list(pool.map(read_image, labelled_image_ids(client, table, options.accepted_statuses, tally)))
         elif options.strategy == "scan":
             # segments split the key space, so one image's items may come back from several segments
             batches = list(pool.map(read_segment, range(options.read_parallelism)))

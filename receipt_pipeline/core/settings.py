@@ -29,9 +29,7 @@ class DeploymentSettings:
         env = os.environ if environ is None else environ
         deployment = env.get("RECEIPT_PIPELINE_DEPLOYMENT", "local")
         if deployment not in DEPLOYMENTS:
-            raise SettingsError(
-                f"RECEIPT_PIPELINE_DEPLOYMENT={deployment!r}: expected one of {', '.join(DEPLOYMENTS)}"
-            )
+            raise SettingsError(f"RECEIPT_PIPELINE_DEPLOYMENT={deployment!r}: expected one of {', '.join(DEPLOYMENTS)}")
         sroie_dir = env.get("SROIE_DIR") or None
         if deployment == "local":
             data_dir = Path(env.get("RECEIPT_PIPELINE_DATA_DIR", ".data")).expanduser().resolve()

@@ -38,7 +38,7 @@ def _machine() -> str:
 # ------------------------------------------------------------------------------------- read strategies
 
 
-def read_strategies(receipts: int = 60) -> str:
+def read_strategies(receipts: int = 40) -> str:
     """GSI3 index + per-image queries against a parallel Scan, on two table shapes."""
     from receipt_pipeline.core.dynamo_reader import ReadOptions, read_receipt_words
     from receipt_pipeline.core.synthetic import seed_synthetic
@@ -68,9 +68,13 @@ def read_strategies(receipts: int = 60) -> str:
                     f"| {name} ({result.receipts}/{receipts} receipts labelled) | {strategy} | {result.items_read:,} "
                     f"| {result.requests:,} | {len(result.frame):,} | {statistics.median(seconds):.1f} |"
                 )
+                print(rows[-1], file=sys.stderr, flush=True)
     finally:
         emulator.terminate()
-        emulator.wait(timeout=10)
+        try:
+            emulator.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            emulator.kill()
     header = (
         "| table | strategy | items evaluated (billed) | requests | words out | median s on the emulator |\n"
         "|---|---|---|---|---|---|"
@@ -94,7 +98,7 @@ def _seed_worker(receipts: int, endpoint: str) -> None:
     print(json.dumps({"items": stats.items, "retried": stats.retried_items, "seconds": seconds, "peak_mib": peak_mib}))
 
 
-def seed_stream(sizes: tuple[int, ...] = (1000, 10000)) -> str:
+def seed_stream(sizes: tuple[int, ...] = (1000, 4000)) -> str:
     """Peak memory of `seed-synthetic` must not grow with the number of receipts."""
     from receipt_pipeline_tests.benchmarks.null_dynamodb import NullDynamoDB
 

@@ -37,6 +37,12 @@ def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
     return {name: value.value for name, value in materialization.metadata.items()}
 
 
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    """The failed step's error with its causes, as the UI shows it."""
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return str(failure.step_failure_data.error)
+
+
 def test_raw_receipt_words_materialises_and_loads_back_through_definitions(tmp_path, receipts_table):
     put_items(receipts_table, _labelled_receipt())
     settings = _local_settings(tmp_path, receipts_table)
@@ -80,9 +86,7 @@ def test_bad_items_are_reported_in_metadata_and_the_threshold_fails_the_asset(tm
 
     strict = _materialize(settings, ingestion.raw_receipt_words, raise_on_error=False)
     assert not strict.success
-    [failure] = [e for e in strict.all_events if e.event_type_value == "STEP_FAILURE"]
-    message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else ""
-    message += failure.step_failure_data.error.message
+    message = _failure_message(strict)
     assert receipts_table in message and "threshold" in message
 
 
@@ -128,8 +132,7 @@ def test_local_deployment_without_the_emulator_endpoint_fails_clearly(tmp_path, 
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     result = _materialize(_local_settings(tmp_path, "receipts"), ingestion.raw_receipt_words, raise_on_error=False)
     assert not result.success
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert "AWS_ENDPOINT_URL is not set" in str(failure.step_failure_data.error)
+    assert "AWS_ENDPOINT_URL is not set" in _failure_message(result)
 
 
 def test_asset_keys_and_groups():
@@ -162,5 +165,4 @@ def test_sroie_receipts_without_a_folder_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.delenv("SROIE_DIR", raising=False)
     result = _materialize(_local_settings(tmp_path, "unused"), ingestion.sroie_receipts, raise_on_error=False)
     assert not result.success
-    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert "set SROIE_DIR" in str(failure.step_failure_data.error)
+    assert "set SROIE_DIR" in _failure_message(result)
