@@ -78,7 +78,7 @@ def _wait_for_port(host: str, port: int, process: subprocess.Popen, timeout: flo
     raise click.ClickException(f"the AWS emulator did not open {host}:{port} within {timeout:.0f}s")
 
 
-def _start_emulator_process(port: int) -> tuple[subprocess.Popen, dict[str, str]]:
+def start_emulator_process(port: int) -> tuple[subprocess.Popen, dict[str, str]]:
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
             raise click.ClickException(f"port {port} is in use; pick another with --port")
@@ -98,7 +98,7 @@ def _start_emulator_process(port: int) -> tuple[subprocess.Popen, dict[str, str]
     return process, env
 
 
-def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
     process.terminate()
     try:
         process.wait(timeout=timeout)
@@ -139,7 +139,7 @@ def demo(port: int, receipts: int, seed: int) -> None:
         raise click.ClickException("the demo runs on the local deployment only")
     home = _local_dagster_home()
     _exit_cleanly_on_sigterm()
-    process, _ = _start_emulator_process(port)
+    process, _ = start_emulator_process(port)
     try:
         _seed_if_empty(receipts, seed)
         command = [
@@ -149,7 +149,7 @@ def demo(port: int, receipts: int, seed: int) -> None:
         if subprocess.run(command, check=False).returncode != 0:
             raise click.ClickException("the pipeline run failed; its log is above")
     finally:
-        _stop(process)
+        stop_process(process)
     assets = Path(settings.artifact_root) / "assets"
     click.echo("\nDemo finished. Outputs:")
     for artifact in sorted(assets.rglob("*.*")):
@@ -166,7 +166,7 @@ def dev(port: int, ui_port: int, receipts: int) -> None:
     os.environ.setdefault("RECEIPT_PIPELINE_DEPLOYMENT", "local")
     _local_dagster_home()
     _exit_cleanly_on_sigterm()
-    emulator, _ = _start_emulator_process(port)
+    emulator, _ = start_emulator_process(port)
     ui = None
     try:
         _seed_if_empty(receipts, seed=7)
@@ -176,8 +176,8 @@ def dev(port: int, ui_port: int, receipts: int) -> None:
         ui.wait()
     finally:
         if ui is not None:
-            _stop(ui, timeout=30)
-        _stop(emulator)
+            stop_process(ui, timeout=30)
+        stop_process(emulator)
 
 
 def _exit_cleanly_on_sigterm() -> None:

@@ -16,6 +16,7 @@ import sys
 import time
 from datetime import date
 
+from receipt_pipeline.cli import start_emulator_process, stop_process
 from receipt_pipeline.core import local_aws
 
 REPEATS = 3
@@ -43,17 +44,9 @@ def read_strategies(receipts: int = 40) -> str:
     from receipt_pipeline.core.dynamo_reader import ReadOptions, read_receipt_words
     from receipt_pipeline.core.synthetic import seed_synthetic
 
-    port = _free_port()
-    env = {**os.environ, **local_aws.emulator_env("127.0.0.1", port)}
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "receipt_pipeline.cli", "local-aws", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    os.environ.update(local_aws.emulator_env("127.0.0.1", port))
+    emulator, _ = start_emulator_process(_free_port())
     rows = []
     try:
-        time.sleep(3)
         for name, unlabelled_share in (("mostly labelled", 0.1), ("labelled minority", 0.8)):
             table = f"bench-{unlabelled_share}"
             local_aws.provision(table, "bench-bucket")
@@ -70,11 +63,7 @@ def read_strategies(receipts: int = 40) -> str:
                 )
                 print(rows[-1], file=sys.stderr, flush=True)
     finally:
-        emulator.terminate()
-        try:
-            emulator.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            emulator.kill()
+        stop_process(emulator)
     header = (
         "| table | strategy | items evaluated (billed) | requests | words out | median s on the emulator |\n"
         "|---|---|---|---|---|---|"
