@@ -23,6 +23,8 @@ class DeploymentSettings:
     # where artifacts live: a local folder (local) or s3://bucket (prod)
     artifact_root: str
     sroie_dir: str | None
+    # the base model (and tokenizer) when a run's config names none: see core.base_model
+    base_model: str = "compact"
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> DeploymentSettings:
@@ -39,6 +41,8 @@ class DeploymentSettings:
                 bucket=env.get("RECEIPT_PIPELINE_BUCKET", LOCAL_BUCKET),
                 artifact_root=str(data_dir),
                 sroie_dir=sroie_dir,
+                # CPU runs: the compact model ships with a package, no download needed
+                base_model=env.get("RECEIPT_PIPELINE_BASE_MODEL", "compact"),
             )
         missing = [name for name in ("RECEIPTS_TABLE", "RECEIPT_PIPELINE_BUCKET") if not env.get(name)]
         if missing:
@@ -49,4 +53,5 @@ class DeploymentSettings:
             bucket=env["RECEIPT_PIPELINE_BUCKET"],
             artifact_root=f"s3://{env['RECEIPT_PIPELINE_BUCKET']}",
             sroie_dir=sroie_dir,
+            base_model=env.get("RECEIPT_PIPELINE_BASE_MODEL", "microsoft/layoutlm-base-uncased"),
         )

@@ -7,10 +7,12 @@ that a later step would load.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -109,3 +111,36 @@ def is_dir(uri: str) -> bool:
     if is_s3(uri):
         return next(list_files(uri), None) is not None
     return Path(uri).is_dir()
+
+
+@dataclass(frozen=True)
+class ParquetArtifact:
+    """A parquet file at a local path or ``s3://`` URI, read lazily so a large one streams in batches."""
+
+    uri: str
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator:
+        import pyarrow.parquet as pq
+
+        if not is_s3(self.uri):
+            yield pq.ParquetFile(self.uri)
+            return
+        # a local copy: random access for the parquet footer without holding the file in memory
+        bucket, key = split_s3(self.uri)
+        with tempfile.NamedTemporaryFile(suffix=".parquet") as handle:
+            _s3().download_fileobj(bucket, key, handle)
+            handle.flush()
+            yield pq.ParquetFile(handle.name)
+
+    def iter_batches(self, batch_size: int = 1024, columns: list[str] | None = None) -> Iterator:
+        with self.open() as parquet:
+            yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
+
+    def schema_metadata(self) -> dict[bytes, bytes]:
+        with self.open() as parquet:
+            return dict(parquet.schema_arrow.metadata or {})
+
+    def read(self):
+        with self.open() as parquet:
+            return parquet.read()

@@ -8,6 +8,8 @@ import os
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from receipt_pipeline.core import storage
 from receipt_pipeline.core.settings import DeploymentSettings, SettingsError
@@ -21,6 +23,7 @@ class PipelineSettings(dg.ConfigurableResource):
     bucket: str
     artifact_root: str
     sroie_dir: str | None = None
+    base_model: str = "compact"
 
     @classmethod
     def from_deployment(cls, settings: DeploymentSettings) -> PipelineSettings:
@@ -30,6 +33,7 @@ class PipelineSettings(dg.ConfigurableResource):
             bucket=settings.bucket,
             artifact_root=settings.artifact_root,
             sroie_dir=settings.sroie_dir,
+            base_model=settings.base_model,
         )
 
     def require_aws(self) -> None:
@@ -43,7 +47,10 @@ class PipelineSettings(dg.ConfigurableResource):
 
 
 class ArtifactIOManager(dg.ConfigurableIOManager):
-    """Stores DataFrames as parquet and dicts as JSON under ``root`` (a folder or ``s3://`` prefix).
+    """Stores DataFrames and Arrow tables as parquet and dicts as JSON under ``root`` (a folder or ``s3://`` prefix).
+
+    Parquet loads as what was stored (a DataFrame or an Arrow table, schema metadata kept) unless the
+    input is annotated otherwise; an input annotated ``ParquetArtifact`` gets a handle to stream it.
 
     Never pickles: what is read back from S3 is data, not code. Writes are atomic (see core.storage).
     """
@@ -56,10 +63,13 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         if obj is None:
             return
-        if isinstance(obj, pd.DataFrame):
+        if isinstance(obj, (pd.DataFrame, pa.Table)):
             uri = self._uri(context.asset_key, ".parquet")
             buffer = io.BytesIO()
-            obj.to_parquet(buffer, index=False)
+            if isinstance(obj, pa.Table):
+                pq.write_table(obj, buffer)
+            else:
+                obj.to_parquet(buffer, index=False)
             storage.write_bytes(uri, buffer.getvalue())
         elif isinstance(obj, dict):
             uri = self._uri(context.asset_key, ".json")
@@ -71,7 +81,16 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> object:
         parquet = self._uri(context.asset_key, ".parquet")
         if storage.exists(parquet):
-            return pd.read_parquet(io.BytesIO(storage.read_bytes(parquet)))
+            wanted = context.dagster_type.typing_type
+            if wanted is storage.ParquetArtifact:
+                return storage.ParquetArtifact(parquet)
+            data = io.BytesIO(storage.read_bytes(parquet))
+            # unannotated (load_asset_value): what was stored comes back; pandas marks its own files
+            stored_by_pandas = b"pandas" in (pq.read_schema(data).metadata or {})
+            data.seek(0)
+            if wanted is pa.Table or (wanted is not pd.DataFrame and not stored_by_pandas):
+                return pq.read_table(data)
+            return pd.read_parquet(data)
         document = self._uri(context.asset_key, ".json")
         if storage.exists(document):
             return json.loads(storage.read_bytes(document))

@@ -1,0 +1,170 @@
+"""The split and the windows materialised through Dagster on seeded emulator data and the shared SROIE folder."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+
+from receipt_pipeline.core import bio, storage
+from receipt_pipeline.core.synthetic import seed_synthetic
+from receipt_pipeline.core.windows import WindowSet, merge_word_predictions
+from receipt_pipeline.definitions import build_definitions
+from receipt_pipeline.defs import ingestion, training_data
+from receipt_pipeline.defs.resources import resources_for
+from receipt_pipeline_tests.defs.test_ingestion import _local_settings, _metadata
+
+ALL_ASSETS = [
+    ingestion.raw_receipt_words,
+    ingestion.sroie_receipts,
+    training_data.bio_receipt_split,
+    training_data.windowed_tensors,
+]
+
+
+@pytest.fixture(scope="module")
+def seeded_table(aws_emulator):
+    from receipt_pipeline.core import aws
+    from receipt_pipeline.core.dynamo_schema import create_table_request
+
+    client = aws.client("dynamodb")
+    name = "receipts-training-data"
+    client.create_table(**create_table_request(name))
+    client.get_waiter("table_exists").wait(TableName=name)
+    seed_synthetic(name, 40, seed=7)
+    yield name
+    client.delete_table(TableName=name)
+
+
+@pytest.fixture(scope="module")
+def materialised(seeded_table, shared_sroie_dir, tmp_path_factory):
+    """The four assets, materialised once for this module's tests."""
+    tmp_path = tmp_path_factory.mktemp("training-data")
+    settings = _local_settings(tmp_path, seeded_table, sroie_dir=str(shared_sroie_dir))
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(ALL_ASSETS, resources=resources_for(settings), instance=instance)
+    return result, settings, instance
+
+
+def test_the_four_assets_materialise_with_passing_blocking_checks(materialised):
+    result, settings, _ = materialised
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {
+        training_data.CHECK_NO_LEAK: True,
+        training_data.CHECK_NO_EMPTY_SPLIT: True,
+        training_data.CHECK_LABELS_IN_TRAIN: True,
+        training_data.CHECK_BOXES: True,
+        training_data.CHECK_NO_WORD_CUT: True,
+    }
+    specs = {spec.name: spec.blocking for spec in training_data.bio_receipt_split.check_specs}
+    assert specs and all(specs.values())
+
+
+def test_the_split_metadata_describes_splits_labels_and_down_sampling(materialised):
+    result, settings, _ = materialised
+    metadata = _metadata(result, "bio_receipt_split")
+    receipts = metadata["receipts_per_split"]
+    assert set(receipts) == {"train", "validation", "test"} and min(receipts.values()) > 0
+    # SROIE's 626 training receipts and the 36 labelled synthetic ones (10% carry no VALID label)
+    assert sum(receipts.values()) == metadata["dagster/row_count"] > 626
+    assert "| MERCHANT_NAME |" in metadata["entities_per_label_and_split"]
+    assert metadata["labels"] == sorted(metadata["labels"]) and "GRAND_TOTAL" in metadata["labels"]
+    assert metadata["entity_share_before_downsampling"] < 0.7 <= metadata["entity_share_after_downsampling"] + 1e-3
+    assert metadata["dropped_train_words"] > 0
+
+    table = build_definitions(settings).load_asset_value("bio_receipt_split")
+    assert isinstance(table, pa.Table)
+    assert bio.labels_of(table.schema.metadata) == metadata["labels"]
+    assert bio.version_of(table.schema.metadata) == metadata["content_hash"]
+    [materialization] = result.asset_materializations_for_node("bio_receipt_split")
+    assert materialization.tags["dagster/data_version"] == metadata["content_hash"]
+
+
+def test_windowed_tensors_are_safetensors_shards_named_by_a_manifest(materialised):
+    result, settings, _ = materialised
+    metadata = _metadata(result, "windowed_tensors")
+    assert metadata["words_cut_by_windows"] == 0
+    assert metadata["padding_efficiency/grouped_batch_8"] > metadata["padding_efficiency/padded_to_max_length"]
+    manifest = build_definitions(settings).load_asset_value("windowed_tensors")
+    assert manifest["tokenizer"]["base_model"] == "compact"
+    assert manifest["tags"][0] == "O" and len(manifest["tags"]) == 2 * len(manifest["labels"]) + 1
+    table = build_definitions(settings).load_asset_value("bio_receipt_split")
+    for split in ("train", "validation", "test"):
+        windows = WindowSet(manifest, split)
+        assert len(windows) == metadata["windows_per_split"][split]
+        assert windows.bbox.min() >= 0 and windows.bbox.max() <= 1000
+        rows = table.filter(pa.compute.equal(table.column("split"), split))
+        # each receipt's words come back exactly once, with their tags, when the windows merge
+        truth = {
+            key: tags for key, tags in zip(rows.column("key").to_pylist(), rows.column("tags").to_pylist(), strict=True)
+        }
+        merged = merge_word_predictions(windows, [windows[i]["labels"] for i in range(len(windows))])
+        assert set(merged) == set(truth)
+        for key, tag_ids in merged.items():
+            assert [manifest["tags"][i] for i in tag_ids] == truth[key]
+    for shard in manifest["splits"]["train"]["shards"]:
+        assert storage.exists(storage.join(manifest["folder"], shard["file"]))
+
+
+def test_the_windowed_tensors_are_stable_across_materialisations(materialised):
+    result, settings, instance = materialised
+    again = dg.materialize(
+        ALL_ASSETS,
+        resources=resources_for(settings),
+        instance=instance,
+        selection=["bio_receipt_split", "windowed_tensors"],
+    )
+    assert again.success
+    for key in ("bio_receipt_split", "windowed_tensors"):
+        [first] = result.asset_materializations_for_node(key)
+        [second] = again.asset_materializations_for_node(key)
+        assert first.tags["dagster/data_version"] == second.tags["dagster/data_version"]
+
+
+def test_a_planted_leak_fails_the_blocking_check_and_stops_the_windows(materialised, monkeypatch):
+    _, settings, instance = materialised
+    build = bio.build_split
+
+    def leaky_split(words, options=None):
+        result = build(words, options)
+        row = result.table.filter(pa.compute.equal(result.table.column("split"), "train")).slice(0, 1)
+        leaked = row.set_column(row.schema.get_field_index("split"), "split", pa.array(["test"]))
+        result.table = pa.concat_tables([result.table, leaked])
+        return result
+
+    monkeypatch.setattr(bio, "build_split", leaky_split)
+    result = dg.materialize(
+        ALL_ASSETS,
+        resources=resources_for(settings),
+        instance=instance,
+        selection=["bio_receipt_split", "windowed_tensors"],
+        raise_on_error=False,
+    )
+    assert not result.success
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks[training_data.CHECK_NO_LEAK].passed
+    assert checks[training_data.CHECK_NO_LEAK].metadata["receipts_in_two_splits"].value == 1
+    assert not result.asset_materializations_for_node("windowed_tensors")
+
+
+def test_pinned_validation_keys_from_a_file_override_the_hash(materialised, tmp_path):
+    result, settings, instance = materialised
+    table = build_definitions(settings).load_asset_value("bio_receipt_split")
+    train_keys = table.filter(pa.compute.equal(table.column("split"), "train")).column("key").to_pylist()[:3]
+    pinned = tmp_path / "validation-keys.txt"
+    pinned.write_text("# pinned by the labelling team\n" + "\n".join(train_keys) + "\nnot/a/receipt\n")
+    run_config = {"ops": {"bio_receipt_split": {"config": {"pinned_validation_file": str(pinned)}}}}
+    again = dg.materialize(
+        ALL_ASSETS,
+        resources=resources_for(settings),
+        instance=instance,
+        selection=["bio_receipt_split"],
+        run_config=run_config,
+    )
+    metadata = _metadata(again, "bio_receipt_split")
+    assert metadata["pinned_validation_keys"] == 4
+    assert metadata["pinned_validation_keys_missing"] == ["not/a/receipt"]
+    table = build_definitions(settings).load_asset_value("bio_receipt_split")
+    split_of = dict(zip(table.column("key").to_pylist(), table.column("split").to_pylist(), strict=True))
+    assert all(split_of[key] == "validation" for key in train_keys)
