@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -154,6 +155,9 @@ def demo(port: int, receipts: int, seed: int) -> None:
     click.echo("\nDemo finished. Outputs:")
     for artifact in sorted(assets.rglob("*.*")):
         click.echo(f"  {artifact}")
+    windows_manifest = assets / "windowed_tensors.json"
+    if windows_manifest.is_file():
+        click.echo(f"Windowed tensors (safetensors shards): {json.loads(windows_manifest.read_text())['folder']}")
     click.echo(f"Run history: {home} (browse it with `make dev`)")
 
 
