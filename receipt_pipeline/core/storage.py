@@ -123,15 +123,16 @@ class ParquetArtifact:
     def open(self) -> Iterator:
         import pyarrow.parquet as pq
 
+        # memory-mapped: pyarrow otherwise keeps every column chunk it has read until the file closes
         if not is_s3(self.uri):
-            yield pq.ParquetFile(self.uri)
+            yield pq.ParquetFile(self.uri, memory_map=True)
             return
         # a local copy: random access for the parquet footer without holding the file in memory
         bucket, key = split_s3(self.uri)
         with tempfile.NamedTemporaryFile(suffix=".parquet") as handle:
             _s3().download_fileobj(bucket, key, handle)
             handle.flush()
-            yield pq.ParquetFile(handle.name)
+            yield pq.ParquetFile(handle.name, memory_map=True)
 
     def iter_batches(self, batch_size: int = 1024, columns: list[str] | None = None) -> Iterator:
         with self.open() as parquet:

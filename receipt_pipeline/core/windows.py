@@ -327,7 +327,7 @@ class WindowSet:
     def __init__(self, manifest: dict, split: str, augment=None) -> None:
         if manifest.get("format") != FORMAT:
             raise WindowError(f"windowed tensors of format {manifest.get('format')!r}; this code reads {FORMAT}")
-        self.labels: list[str] = manifest["labels"]
+        self.label_names: list[str] = manifest["labels"]
         self.tags: list[str] = manifest["tags"]
         self.augment = augment
         parts = {name: [] for name in ("input_ids", "bbox", "labels", "word_index", "window_receipt")}

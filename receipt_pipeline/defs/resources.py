@@ -67,7 +67,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
             uri = self._uri(context.asset_key, ".parquet")
             buffer = io.BytesIO()
             if isinstance(obj, pa.Table):
-                pq.write_table(obj, buffer)
+                pq.write_table(obj, buffer, row_group_size=10_000)  # streamable by row group
             else:
                 obj.to_parquet(buffer, index=False)
             storage.write_bytes(uri, buffer.getvalue())

@@ -1,10 +1,11 @@
 """`make bench`: prints a Markdown section for BENCHMARKS.md.
 
-python -m receipt_pipeline_tests.benchmarks [read-strategies] [seed-stream]
+python -m receipt_pipeline_tests.benchmarks [read-strategies] [seed-stream] [windowing]
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import platform
@@ -13,11 +14,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
-
-from receipt_pipeline.cli import start_emulator_process, stop_process
-from receipt_pipeline.core import local_aws
 
 REPEATS = 3
 
@@ -41,6 +40,8 @@ def _machine() -> str:
 
 def read_strategies(receipts: int = 40) -> str:
     """GSI3 index + per-image queries against a parallel Scan, on two table shapes."""
+    from receipt_pipeline.cli import start_emulator_process, stop_process
+    from receipt_pipeline.core import local_aws
     from receipt_pipeline.core.dynamo_reader import ReadOptions, read_receipt_words
     from receipt_pipeline.core.synthetic import seed_synthetic
 
@@ -77,6 +78,7 @@ def read_strategies(receipts: int = 40) -> str:
 
 
 def _seed_worker(receipts: int, endpoint: str) -> None:
+    from receipt_pipeline.core import local_aws
     from receipt_pipeline.core.synthetic import seed_synthetic
 
     os.environ.update({**local_aws.EMULATOR_ENV, "AWS_ENDPOINT_URL": endpoint})
@@ -115,12 +117,241 @@ def seed_stream(sizes: tuple[int, ...] = (1000, 4000)) -> str:
     )
 
 
-BENCHMARKS = {"read-strategies": read_strategies, "seed-stream": seed_stream}
+# ------------------------------------------------------------------------------------------ windowing
+
+WINDOW_COLUMNS = ["key", "split", "words", "boxes", "tags"]  # what windowed_tensors reads
+WINDOW_REPEATS = 5
+
+
+def _synthetic_split(receipts: int, chunk: int = 1000, seed: int = 500):
+    """A split table of ``receipts`` distinct synthetic receipts, every one labelled, built ``chunk`` receipts
+    at a time. The same rows as one build_split over all of them: the split hashes the receipt key and
+    down-sampling is off; the label list (the union) and the content hash are set over the whole table."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from receipt_pipeline.core import bio, word_table
+    from receipt_pipeline.core.dynamo_reader import ReadOptions, assemble
+    from receipt_pipeline.core.synthetic import iter_receipt_items
+
+    tables, labels = [], set()
+    for index, start in enumerate(range(0, receipts, chunk)):
+        items = iter_receipt_items(min(chunk, receipts - start), seed + index, unlabelled_share=0.0)
+        partial = assemble(items, ReadOptions(table="bench"))
+        table = bio.build_split([word_table.to_frame(partial.columns)], bio.SplitOptions(entity_share_target=0)).table
+        labels.update(bio.labels_of(table.schema.metadata))
+        tables.append(table.replace_schema_metadata(None))
+        print(f"  generated {start + table.num_rows:,}/{receipts:,} receipts", file=sys.stderr, flush=True)
+    table = pa.concat_tables(tables).combine_chunks()
+    if table.num_rows != receipts or pc.count_distinct(table.column("key")).as_py() != receipts:
+        raise RuntimeError(f"expected {receipts:,} distinct labelled receipts, got {table.num_rows:,} rows")
+    table = table.replace_schema_metadata({bio.LABELS_METADATA_KEY: ",".join(sorted(labels)).encode()})
+    version = bio.content_hash(table)
+    return table.replace_schema_metadata({**table.schema.metadata, bio.VERSION_METADATA_KEY: version.encode()})
+
+
+def _write_copies(table, path: str, copies: int) -> None:
+    """``copies`` copies of ``table`` streamed into one parquet file, the key suffixed ``-copyN`` per copy; the
+    labels stay, the content hash is derived from the table's and the number of copies (it only names
+    the output folder)."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from receipt_pipeline.core import bio
+
+    version = hashlib.sha256(f"{bio.version_of(table.schema.metadata)}:copies={copies}".encode()).hexdigest()[:24]
+    schema = table.schema.with_metadata({**table.schema.metadata, bio.VERSION_METADATA_KEY: version.encode()})
+    keys = table.column("key").to_pylist()
+    with pq.ParquetWriter(path, schema) as writer:
+        for copy in range(copies):
+            suffixed = pa.array([f"{key}-copy{copy}" for key in keys], pa.string())
+            writer.write_table(table.set_column(0, "key", suffixed).replace_schema_metadata(schema.metadata))
+
+
+def _run_windows(path: str, tokenizer, labels: list[str], folder: str, options) -> tuple[float, dict, dict]:
+    """The windowed_tensors core path: the split streamed from parquet into write_windows."""
+    from receipt_pipeline.core.storage import ParquetArtifact
+    from receipt_pipeline.core.windows import write_windows
+
+    started = time.perf_counter()
+    batches = ParquetArtifact(path).iter_batches(batch_size=options.batch_receipts, columns=WINDOW_COLUMNS)
+    manifest, stats = write_windows(batches, tokenizer, labels, folder, options)
+    return time.perf_counter() - started, manifest, stats
+
+
+def _same_shards(first: str, second: str) -> int:
+    """The number of shard files, after checking both folders hold the same names with the same bytes."""
+    names = sorted(os.listdir(first))
+    if names != sorted(os.listdir(second)):
+        raise RuntimeError(f"different shard files: {names} against {sorted(os.listdir(second))}")
+    differing = [name for name in names if not filecmp.cmp(f"{first}/{name}", f"{second}/{name}", shallow=False)]
+    if differing:
+        raise RuntimeError(f"batched and receipt-by-receipt shards differ: {differing}")
+    return len(names)
+
+
+def _windowing_worker(mode: str, path: str, folder: str) -> None:
+    """In its own process: only the imports and the tokenizer (``baseline``), or what windowed_tensors does."""
+    from receipt_pipeline.core import bio, storage
+    from receipt_pipeline.core.base_model import load_tokenizer, tokenizer_fingerprint
+    from receipt_pipeline.core.windows import WindowOptions, folder_name, padding_efficiency
+
+    started = time.perf_counter()
+    tokenizer = load_tokenizer("compact")
+    result = {"load_seconds": time.perf_counter() - started}
+    if mode == "windows":
+        options = WindowOptions()
+        metadata = storage.ParquetArtifact(path).schema_metadata()
+        labels = bio.labels_of(metadata)
+        target = storage.join(folder, folder_name(bio.version_of(metadata), tokenizer_fingerprint(tokenizer), options))
+        seconds, manifest, stats = _run_windows(path, tokenizer, labels, target, options)
+        padding_efficiency(stats["train"].lengths, batch_size=8, max_length=options.max_length)
+        shards = [shard for split in manifest["splits"].values() for shard in split["shards"]]
+        result.update(
+            seconds=seconds,
+            padding_seconds=time.perf_counter() - started - result["load_seconds"] - seconds,
+            receipts=sum(s.receipts for s in stats.values()),
+            windows=sum(s.windows for s in stats.values()),
+            tokens=sum(s.tokens for s in stats.values()),
+            shards=len(shards),
+            shard_bytes=sum(os.path.getsize(storage.join(target, shard["file"])) for shard in shards),
+        )
+    result["hwm_mib"] = _hwm_mib()
+    print(json.dumps(result))
+
+
+# A child's ru_maxrss starts at its parent's high-water RSS: subprocess forks (vfork) and exec keeps the
+# larger of the two, so a worker spawned from this process, which holds the split and a tokenizer, would
+# report this process's peak. A bare launcher in between has a small high-water mark of its own, and its
+# RUSAGE_CHILDREN covers the one worker it runs.
+_LAUNCHER = (
+    "import json, resource, subprocess, sys\n"
+    "subprocess.run(sys.argv[1:], check=True)\n"
+    "print(json.dumps({'peak_kib': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+)
+
+
+def _hwm_mib() -> float:
+    """This process's own high-water RSS (VmHWM), which exec resets, unlike ru_maxrss."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def _child_peak(args: list[str]) -> tuple[dict, float, float]:
+    """Run a worker through the launcher: its JSON line, its peak RSS in MiB and the wall seconds."""
+    started = time.perf_counter()
+    command = [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "receipt_pipeline_tests.benchmarks", *args]
+    lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    peak_mib = json.loads(lines[-1])["peak_kib"] / 1024
+    return json.loads(lines[-2]), peak_mib, time.perf_counter() - started
+
+
+def windowing(receipts: int = 10_000, copies: int = 10) -> str:
+    """write_windows: batched tokenisation against receipt by receipt, and peak memory on a large split."""
+    import pyarrow.parquet as pq
+
+    from receipt_pipeline.core import bio
+    from receipt_pipeline.core.base_model import load_tokenizer
+    from receipt_pipeline.core.windows import WindowOptions
+
+    with tempfile.TemporaryDirectory(prefix="bench-windowing-") as scratch:
+        table = _synthetic_split(receipts)
+        small = f"{scratch}/split-{receipts}.parquet"
+        pq.write_table(table, small)  # as ArtifactIOManager stores bio_receipt_split
+        tokenizer = load_tokenizer("compact")
+        labels = bio.labels_of(pq.read_schema(small).metadata)
+
+        modes = {
+            "batched (batch_receipts=256)": WindowOptions(),
+            "receipt by receipt (batch_receipts=1)": WindowOptions(batch_receipts=1),
+        }
+        seconds: dict[str, list[float]] = {name: [] for name in modes}
+        totals: dict[str, tuple[int, int]] = {}
+        shard_files = 0
+        for run in range(WINDOW_REPEATS):
+            folders = {}
+            for name, options in modes.items():
+                folders[name] = f"{scratch}/run{run}-{options.batch_receipts}"
+                took, manifest, stats = _run_windows(small, tokenizer, labels, folders[name], options)
+                seconds[name].append(took)
+                totals[name] = (sum(s.windows for s in stats.values()), sum(s.tokens for s in stats.values()))
+                print(f"  run {run + 1}: {name}: {took:.2f} s", file=sys.stderr, flush=True)
+            shard_files = _same_shards(*folders.values())
+            for folder in folders.values():
+                for name in os.listdir(folder):
+                    os.remove(f"{folder}/{name}")
+        if len(set(totals.values())) != 1:
+            raise RuntimeError(f"batched and receipt-by-receipt windows differ: {totals}")
+        speed = {name: receipts / statistics.median(runs) for name, runs in seconds.items()}
+        speed_rows = []
+        for name, runs in seconds.items():
+            windows, tokens = totals[name]
+            speed_rows.append(
+                f"| {name} | {receipts:,} | {windows:,} | {tokens:,} | {statistics.median(runs):.2f} "
+                f"| {speed[name]:,.0f} | {', '.join(f'{s:.2f}' for s in runs)} |"
+            )
+            print(speed_rows[-1], file=sys.stderr, flush=True)
+        batched, single = speed.values()
+
+        large = f"{scratch}/split-{receipts * copies}.parquet"
+        _write_copies(table, large, copies)
+        row_groups = pq.ParquetFile(large).num_row_groups
+        large_mib = os.path.getsize(large) / 2**20
+        del table
+        memory_rows = []
+        for label, mode in (("imports + tokenizer only (baseline)", "baseline"), ("windowed_tensors path", "windows")):
+            result, peak_mib, wall = _child_peak(["windowing-worker", mode, large, f"{scratch}/windows"])
+            cells = [f"{peak_mib:.0f} ({result['hwm_mib']:.0f})", f"{wall:.1f}"]
+            if mode == "baseline":
+                cells = ["-", *cells, "-", "-", "-", "-"]
+            else:
+                shards = f"{result['shards']} ({result['shard_bytes'] / 2**20:,.0f} MiB)"
+                cells = [f"{result['receipts']:,}", *cells, f"{result['seconds']:.1f}", f"{result['windows']:,}"]
+                cells += [f"{result['tokens']:,}", shards]
+            memory_rows.append(f"| {label} | " + " | ".join(cells) + " |")
+            print(memory_rows[-1], file=sys.stderr, flush=True)
+
+    speed_header = (
+        f"| tokenisation | receipts | windows | tokens | median s ({WINDOW_REPEATS} runs) | receipts/s | runs s |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    memory_header = (
+        "| process | receipts | peak RSS MiB (VmHWM) | process wall s | write_windows s | windows | tokens "
+        "| shards written |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    threads = os.environ.get("TOKENIZERS_PARALLELISM", "unset")
+    return (
+        f"### `windowed_tensors`: write_windows on synthetic receipts (`compact` tokenizer, "
+        f"TOKENIZERS_PARALLELISM {threads})\n\n"
+        f"{receipts:,} distinct synthetic receipts (every one labelled), one parquet file as the IO manager "
+        f"writes it, streamed through `ParquetArtifact.iter_batches` into `write_windows`; the two settings "
+        f"alternate within each run.\n\n"
+        + speed_header + "\n" + "\n".join(speed_rows)
+        + f"\n\nBatched / receipt by receipt: {batched / single:.2f}x receipts/s. The shards are byte-identical "
+        f"({shard_files} files compared in each of the {WINDOW_REPEATS} runs).\n\n"
+        f"Peak memory on {receipts * copies:,} receipts: the {receipts:,} receipts above written {copies} times, "
+        f"the key suffixed `-copyN` per copy, streamed with `ParquetWriter` ({large_mib:,.0f} MiB, {row_groups} "
+        f"row groups); each row a fresh process, its peak RSS the `RUSAGE_CHILDREN` of a bare launcher "
+        f"that runs only it (the worker's own `VmHWM` in brackets, as a cross-check). The "
+        f"windowed_tensors path reads the schema metadata, writes the shards with `WindowOptions()` and computes "
+        f"the padding efficiency, as the asset does.\n\n"
+        + memory_header + "\n" + "\n".join(memory_rows)
+    )  # fmt: skip
+
+
+BENCHMARKS = {"read-strategies": read_strategies, "seed-stream": seed_stream, "windowing": windowing}
 
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["seed-worker"]:
         _seed_worker(int(argv[1]), argv[2])
+        return
+    if argv[:1] == ["windowing-worker"]:
+        _windowing_worker(argv[1], argv[2], argv[3])
         return
     chosen = argv or list(BENCHMARKS)
     sections = [f"## {date.today().isoformat()} on {_machine()}"]
