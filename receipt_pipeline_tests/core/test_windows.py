@@ -168,7 +168,8 @@ def _split_table(n_receipts=12):
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_shards_round_trip_unpadded_with_their_manifest(tokenizer, tmp_path, where, request):
+def test_shards_round_trip_unpadded_with_their_manifest(tokenizer, tmp_path, where, request, aws_emulator):
+    # aws_emulator is named here so that the session's emulator starts before this test's environment guard
     folder = str(tmp_path / "windows")
     if where == "s3":
         folder = f"s3://{request.getfixturevalue('artifacts_bucket')}/windows/abc"
