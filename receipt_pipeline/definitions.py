@@ -5,14 +5,14 @@ from __future__ import annotations
 import dagster as dg
 
 from receipt_pipeline.core.settings import DeploymentSettings
-from receipt_pipeline.defs import ingestion, training_data
+from receipt_pipeline.defs import ingestion, training, training_data
 from receipt_pipeline.defs.resources import resources_for
 
 
 def build_definitions(settings: DeploymentSettings | None = None) -> dg.Definitions:
     settings = settings or DeploymentSettings.from_env()
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingestion, training_data]),
+        assets=dg.load_assets_from_modules([ingestion, training_data, training]),
         resources=resources_for(settings),
     )
 

@@ -87,6 +87,8 @@ class SroieResult:
     coverage: dict[str, float]  # field -> share of non-empty entities that were tagged
     entity_counts: dict[str, EntityCount]
     problems: list[Problem] = field(default_factory=list)
+    # image id -> field -> the reference string, as the entity files give it (what field-level scoring compares)
+    entities: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def problem_counts(self) -> dict[str, int]:
@@ -151,8 +153,9 @@ def read_sroie(root: str, splits: Sequence[str] | None = None) -> SroieResult:
     tally = _Tally()
     columns: dict[str, list] = {name: [] for name in COLUMNS}
     receipts: dict[str, int] = {}
+    entities: dict[str, dict[str, str]] = {}
     for split in splits:
-        receipts[split] = _read_split(root, split, files_by_split.get(split, {}), columns, tally, problems)
+        receipts[split] = _read_split(root, split, files_by_split.get(split, {}), columns, tally, problems, entities)
     return SroieResult(
         frame=to_frame(columns),
         receipts=receipts,
@@ -162,6 +165,7 @@ def read_sroie(root: str, splits: Sequence[str] | None = None) -> SroieResult:
         },
         entity_counts={name: EntityCount(tally.found[name], tally.expected[name]) for name in ENTITY_FIELDS},
         problems=problems,
+        entities=entities,
     )
 
 
@@ -191,6 +195,7 @@ def _read_split(
     columns: dict[str, list],
     tally: _Tally,
     problems: list[Problem],
+    entities_by_id: dict[str, dict[str, str]],
 ) -> int:
     split_uri = storage.join(root, split)
     box_files = folders.get(BOX_FOLDER)
@@ -224,6 +229,7 @@ def _read_split(
                 _decode(storage.read_bytes(entity_uri), entity_uri, problems), entity_uri, problems
             )
             _tag_entities(words, entities, entity_uri, tally, problems)
+            entities_by_id[image_id] = dict(entities)
         elif entity_folder is not None:
             problems.append(Problem(box_uri, "missing_entity_file", "box file has no entity file: words untagged"))
         _append_rows(columns, split, image_id, words, lines)

@@ -76,7 +76,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
             storage.write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
         else:
             raise TypeError(f"{context.asset_key.to_user_string()}: cannot store a {type(obj).__name__}")
-        context.add_output_metadata({"path": dg.MetadataValue.path(uri)})
+        context.add_output_metadata({"stored_at": dg.MetadataValue.path(uri)})
 
     def load_input(self, context: dg.InputContext) -> object:
         parquet = self._uri(context.asset_key, ".parquet")

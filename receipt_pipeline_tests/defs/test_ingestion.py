@@ -115,7 +115,7 @@ def test_prod_keeps_artifacts_in_s3_and_reads_them_back(receipts_table, artifact
     result = _materialize(settings, ingestion.raw_receipt_words)
 
     uri = f"s3://{artifacts_bucket}/assets/raw_receipt_words.parquet"
-    assert _metadata(result, "raw_receipt_words")["path"] == uri
+    assert _metadata(result, "raw_receipt_words")["stored_at"] == uri
     assert storage.exists(uri)
     loaded = build_definitions(settings).load_asset_value("raw_receipt_words")
     assert len(loaded) == 4

@@ -1,0 +1,308 @@
+"""Scoring predicted tags: seqeval entity-level metrics (strict IOB2) and SROIE field-level exact match."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from receipt_pipeline.core.bio import OUTSIDE
+from receipt_pipeline.core.windows import WindowSet, merge_word_predictions
+
+SROIE_FIELDS = ("company", "date", "address", "total")
+
+
+def repair_bio(tags: Sequence[str]) -> list[str]:
+    """A valid IOB2 sequence: an ``I-X`` that does not continue an X entity begins one (``B-X``)."""
+    repaired = []
+    previous = OUTSIDE
+    for tag in tags:
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            tag = "B-" + tag[2:]
+        repaired.append(tag)
+        previous = tag
+    return repaired
+
+
+def receipt_tags(windows: WindowSet, predictions: Sequence[np.ndarray]) -> dict[str, list[str]]:
+    """Predicted tag ids per window token, merged to one repaired tag sequence per receipt."""
+    merged = merge_word_predictions(windows, predictions)
+    return {
+        key: repair_bio([windows.tags[i] if i >= 0 else OUTSIDE for i in ids.tolist()]) for key, ids in merged.items()
+    }
+
+
+def true_receipt_tags(windows: WindowSet) -> dict[str, list[str]]:
+    """The reference tags per receipt, read back from the windows' labels."""
+    return receipt_tags(windows, [windows[i]["labels"] for i in range(len(windows))])
+
+
+def entity_scores(truth: Mapping[str, list[str]], predicted: Mapping[str, list[str]]) -> dict:
+    """seqeval, strict IOB2, entity level: overall and per-label precision, recall, F1 and support."""
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+
+    keys = sorted(truth)
+    y_true = [truth[key] for key in keys]
+    y_pred = [predicted.get(key, [OUTSIDE] * len(truth[key])) for key in keys]
+    report = classification_report(y_true, y_pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+    labels = {
+        name: _rounded(values)
+        for name, values in report.items()
+        if name not in ("micro avg", "macro avg", "weighted avg")
+    }
+    overall = _rounded(report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}))
+    return {"overall": overall, "per_label": labels, "receipts": len(keys)}
+
+
+def _rounded(values: Mapping) -> dict:
+    return {
+        "precision": float(values["precision"]),
+        "recall": float(values["recall"]),
+        "f1": float(values["f1-score"]),
+        "support": int(values["support"]),
+    }
+
+
+# ------------------------------------------------------------------------------------------ SROIE fields
+
+
+def _normalised(text: str) -> str:
+    # the leaderboard compares strings; OCR words joined with spaces differ from the key only in spacing
+    return re.sub(r"\s+", "", text or "").upper()
+
+
+def extract_fields(words: Sequence[str], tags: Sequence[str], field_labels: Mapping[str, str]) -> dict[str, str]:
+    """SROIE fields from tagged words: the address is all of its words, the total the last entity
+    (the payable total sits below subtotals), the others their first entity."""
+    entities: dict[str, list[list[str]]] = {}
+    for word, tag in zip(words, tags, strict=True):
+        if tag == OUTSIDE:
+            continue
+        label = tag[2:]
+        runs = entities.setdefault(label, [])
+        if tag.startswith("B-") or not runs:
+            runs.append([])
+        runs[-1].append(word)
+    fields = {}
+    for field, label in field_labels.items():
+        runs = entities.get(label, [])
+        if not runs:
+            fields[field] = ""
+        elif field == "address":
+            fields[field] = " ".join(word for run in runs for word in run)
+        elif field == "total":
+            fields[field] = " ".join(runs[-1])
+        else:
+            fields[field] = " ".join(runs[0])
+    return fields
+
+
+def field_scores(truth: Mapping[str, Mapping[str, str]], predicted: Mapping[str, Mapping[str, str]]) -> dict:
+    """Field-level exact match (ignoring whitespace and case) over every receipt's non-empty fields:
+    precision over predicted fields, recall over reference fields, per field and overall."""
+    per_field = {}
+    totals = np.zeros(3, dtype=np.int64)  # correct, predicted, reference
+    for field in SROIE_FIELDS:
+        counts = np.zeros(3, dtype=np.int64)
+        for key, reference in truth.items():
+            expected = _normalised(reference.get(field, ""))
+            got = _normalised(predicted.get(key, {}).get(field, ""))
+            counts += [bool(expected) and got == expected, bool(got), bool(expected)]
+        per_field[field] = _prf(*counts)
+        totals += counts
+    return {"overall": _prf(*totals), "per_field": per_field, "receipts": len(truth)}
+
+
+def _prf(correct: int, predicted: int, reference: int) -> dict:
+    correct, predicted, reference = int(correct), int(predicted), int(reference)
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / reference if reference else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "correct": correct, "support": reference}
+
+
+# ------------------------------------------------------------------------------------------ confusion
+
+
+def confusion_matrix(truth: Mapping[str, list[str]], predicted: Mapping[str, list[str]], labels: Sequence[str]):
+    """Word-level confusion over entity labels (B- and I- folded) plus O: rows truth, columns predicted."""
+    names = [*labels, OUTSIDE]
+    index = {name: i for i, name in enumerate(names)}
+    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
+    for key, reference in truth.items():
+        guess = predicted.get(key, [OUTSIDE] * len(reference))
+        for t, p in zip(reference, guess, strict=True):
+            matrix[index[t[2:] if t != OUTSIDE else OUTSIDE], index[p[2:] if p != OUTSIDE else OUTSIDE]] += 1
+    return names, matrix
+
+
+def confusion_png(names: Sequence[str], matrix: np.ndarray) -> bytes:
+    """The confusion matrix as a PNG, rows normalised so small labels stay readable."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = max(6.0, 0.45 * len(names))
+    figure, axes = plt.subplots(figsize=(size, size))
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+    axes.set_yticks(range(len(names)), names, fontsize=8)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title("word-level confusion (row share)")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def load_classifier(checkpoint: str):
+    """A trained classifier from a local folder or an ``s3://`` prefix; safetensors weights only."""
+    from transformers import LayoutLMForTokenClassification
+
+    from receipt_pipeline.core import base_model
+
+    location = base_model.resolve(checkpoint)
+    return LayoutLMForTokenClassification.from_pretrained(location, use_safetensors=True)
+
+
+def predict(model, windows: WindowSet, pad_token_id: int, batch_size: int = 32) -> list[np.ndarray]:
+    """The predicted tag id of every token of every window, longest windows first to pad little."""
+    import torch
+
+    from receipt_pipeline.core.training import WindowCollator
+
+    device = next(model.parameters()).device
+    collate = WindowCollator(pad_token_id)
+    order = np.argsort(-windows.lengths, kind="stable")
+    predictions: list[np.ndarray | None] = [None] * len(windows)
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            batch = collate([windows[int(i)] for i in chosen])
+            batch.pop("labels")
+            logits = model(**{name: tensor.to(device) for name, tensor in batch.items()}).logits
+            ids = logits.argmax(dim=-1).cpu().numpy()
+            for row, index in enumerate(chosen):
+                predictions[int(index)] = ids[row, : windows.lengths[int(index)]]
+    return predictions  # type: ignore[return-value]
+
+
+@dataclass
+class Report:
+    checkpoint: str
+    split: str
+    receipts: int
+    windows: int
+    entity: dict
+    fields: dict | None  # SROIE field-level scores, where the split has SROIE receipts with references
+    confusion_labels: list[str]
+    confusion: list[list[int]]
+
+    def headline(self) -> dict[str, float]:
+        figures = {
+            "entity_f1": self.entity["overall"]["f1"],
+            "entity_precision": self.entity["overall"]["precision"],
+            "entity_recall": self.entity["overall"]["recall"],
+        }
+        if self.fields:
+            figures.update(
+                field_f1=self.fields["overall"]["f1"],
+                field_precision=self.fields["overall"]["precision"],
+                field_recall=self.fields["overall"]["recall"],
+            )
+        return figures
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), **self.headline()}
+
+    def markdown(self) -> str:
+        lines = [
+            f"# Evaluation of `{self.checkpoint}`",
+            "",
+            f"Split `{self.split}`: {self.receipts} receipts, {self.windows} windows. "
+            "Entity level: seqeval, strict IOB2, after merging windows and repairing BIO.",
+            "",
+            "| label | precision | recall | F1 | support |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        rows = sorted(self.entity["per_label"].items()) + [("**overall**", self.entity["overall"])]
+        lines += [
+            f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+            for name, v in rows
+        ]
+        if self.fields:
+            lines += [
+                "",
+                f"SROIE field-level exact match ({self.fields['receipts']} receipts, whitespace and case ignored):",
+                "",
+                "| field | precision | recall | F1 | correct | support |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+            field_rows = list(self.fields["per_field"].items()) + [("**overall**", self.fields["overall"])]
+            lines += [f"| {name} | {_scores_row(v)} | {v['correct']} | {v['support']} |" for name, v in field_rows]
+        return "\n".join(lines) + "\n"
+
+
+def _scores_row(values: Mapping) -> str:
+    return f"{values['precision']:.3f} | {values['recall']:.3f} | {values['f1']:.3f}"
+
+
+def evaluate(
+    checkpoint: str,
+    manifest: dict,
+    *,
+    split: str = "test",
+    words: Mapping[str, Sequence[str]] | None = None,
+    sroie_references: Mapping[str, Mapping[str, str]] | None = None,
+    sroie_labels: Mapping[str, str] | None = None,
+    model=None,
+    pad_token_id: int = 0,
+) -> Report:
+    """Score a checkpoint on one split of the windows.
+
+    ``words`` (receipt key -> words) and ``sroie_references`` (SROIE image id -> field -> string) enable
+    field-level scoring of the SROIE receipts; ``sroie_labels`` maps SROIE's field labels (COMPANY, ...)
+    to the label names the model was trained with.
+    """
+    windows = WindowSet(manifest, split)
+    model = model or load_classifier(checkpoint)
+    model_tags = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if model_tags != windows.tags:
+        raise ValueError(f"checkpoint {checkpoint} predicts {model_tags}, the windows are tagged {windows.tags}")
+    predicted = receipt_tags(windows, predict(model, windows, pad_token_id))
+    truth = true_receipt_tags(windows)
+    names, matrix = confusion_matrix(truth, predicted, windows.label_names)
+    fields = None
+    if words is not None and sroie_references:
+        field_labels = {name.lower(): label for name, label in (sroie_labels or {}).items()}
+        references, guesses = {}, {}
+        for key, tags in predicted.items():
+            source, image_id, _ = key.split("/", 2)
+            if source == "sroie" and image_id in sroie_references:
+                references[key] = sroie_references[image_id]
+                guesses[key] = extract_fields(words[key], tags, field_labels)
+        fields = field_scores(references, guesses) if references else None
+    return Report(
+        checkpoint=checkpoint,
+        split=split,
+        receipts=len(truth),
+        windows=len(windows),
+        entity=entity_scores(truth, predicted),
+        fields=fields,
+        confusion_labels=names,
+        confusion=matrix.tolist(),
+    )

@@ -1,0 +1,358 @@
+"""Training the token classifier with the Hugging Face Trainer, plainly, as run_ner.py does.
+
+A training run has its own folder: ``checkpoints/checkpoint-<step>/`` as the Trainer writes them, each
+marked complete (a ``COMPLETE`` file written last) once fully on disk, and ``best/``, the best model by
+validation F1. A re-run in the same folder resumes from the newest complete checkpoint. With ``sync``,
+every complete checkpoint is copied elsewhere (S3 in prod): safetensors and JSON only, marker last.
+On SIGTERM or SIGINT (a spot interruption notice) the Trainer saves a checkpoint at the end of the
+current step, it is synced, and :class:`TrainingInterrupted` is raised so the run can be retried.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from receipt_pipeline.core import base_model
+from receipt_pipeline.core.box_augmentation import BoxAugmentation
+from receipt_pipeline.core.evaluation import entity_scores, receipt_tags, true_receipt_tags
+from receipt_pipeline.core.windows import IGNORE_INDEX, WindowSet
+
+COMPLETE_MARKER = "COMPLETE"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+# a compact model learns faster at a higher rate than LayoutLM-base (measured on SROIE, see BENCHMARKS.md)
+DEFAULT_LEARNING_RATE = {base_model.COMPACT: 1e-4}
+BASE_LEARNING_RATE = 5e-5
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or go on; the message says why."""
+
+
+class TrainingInterrupted(TrainingError):
+    """A signal stopped training after a checkpoint was saved; a re-run resumes from it."""
+
+
+@dataclass
+class TrainingOptions:
+    base_model: str = base_model.COMPACT
+    epochs: float = 10
+    per_device_batch_size: int = 8
+    gradient_accumulation_steps: int = 4
+    learning_rate: float | None = None  # None: the base model's default
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    label_smoothing: float = 0.0
+    max_grad_norm: float = 1.0
+    early_stopping_patience: int = 3
+    seed: int = 42
+    auto_batch_size: bool = False
+    augment: bool = False
+    group_by_length: bool = True
+    max_steps: int = -1  # stop after this many optimizer steps (tests, benchmarks); -1: epochs decide
+    eval_steps: int | None = None  # evaluate and save every this many steps instead of every epoch
+    max_train_seconds: float | None = None  # stop (after a save) when training has run this long
+    dataloader_workers: int = 2  # CUDA only
+
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return DEFAULT_LEARNING_RATE.get(self.base_model, BASE_LEARNING_RATE)
+
+
+@dataclass
+class TrainingResult:
+    run_dir: str
+    best_dir: str
+    best_f1: float
+    epochs: float
+    steps: int
+    real_tokens: int
+    real_tokens_per_second: float
+    wall_seconds: float
+    device: str
+    peak_memory_bytes: int
+    resumed_from: str | None
+    first_loss: float | None
+    last_loss: float | None
+    evaluations: list[dict] = field(default_factory=list)
+    hyperparameters: dict = field(default_factory=dict)
+
+
+class WindowCollator:
+    """Pads ``input_ids``, ``bbox``, ``attention_mask`` and ``labels`` to the longest window in the batch."""
+
+    def __init__(self, pad_token_id: int, multiple_of: int | None = None) -> None:
+        self.pad_token_id = pad_token_id
+        self.multiple_of = multiple_of
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.multiple_of:
+            longest = -(-longest // self.multiple_of) * self.multiple_of
+        batch = len(features)
+        input_ids = np.full((batch, longest), self.pad_token_id, dtype=np.int64)
+        bbox = np.zeros((batch, longest, 4), dtype=np.int64)
+        attention_mask = np.zeros((batch, longest), dtype=np.int64)
+        labels = np.full((batch, longest), IGNORE_INDEX, dtype=np.int64)
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            input_ids[row, :n] = feature["input_ids"]
+            bbox[row, :n] = feature["bbox"]
+            attention_mask[row, :n] = 1
+            labels[row, :n] = feature["labels"]
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "bbox": torch.from_numpy(bbox),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "labels": torch.from_numpy(labels),
+        }
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    folder = Path(run_dir) / CHECKPOINTS
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def latest_complete_checkpoint(run_dir: str | Path) -> Path | None:
+    complete = [p for p in checkpoint_dirs(run_dir) if (p / COMPLETE_MARKER).is_file()]
+    return complete[-1] if complete else None
+
+
+def remove_incomplete_checkpoints(run_dir: str | Path) -> list[str]:
+    """Checkpoints a crash left half-written: never resumed from, removed before training goes on."""
+    removed = []
+    for path in checkpoint_dirs(run_dir):
+        if not (path / COMPLETE_MARKER).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
+def check_label_list(checkpoint: Path, tags: list[str]) -> None:
+    config = json.loads((checkpoint / "config.json").read_text())
+    saved = [config["id2label"][str(i)] for i in range(len(config.get("id2label", {})))]
+    if saved != tags:
+        raise TrainingError(
+            f"checkpoint {checkpoint} was trained on the tags {saved}, but the windows now have {tags}: "
+            "resuming would mix label spaces; train in a new run folder"
+        )
+
+
+def _write_marker(folder: Path, payload: dict) -> None:
+    tmp = folder / f".{COMPLETE_MARKER}.partial"
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, folder / COMPLETE_MARKER)
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def train(
+    manifest: dict,
+    run_dir: str | Path,
+    options: TrainingOptions | None = None,
+    *,
+    on_evaluate: Callable[[dict], None] | None = None,
+    sync: Callable[[Path, str], None] | None = None,
+    tokenizer=None,
+) -> TrainingResult:
+    """Train on the manifest's train windows, select on validation F1, and leave the best model in
+    ``<run_dir>/best``. ``sync(folder, name)`` is called for every complete checkpoint and for the best."""
+    import torch
+    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+
+    from receipt_pipeline.core.model import load_model
+
+    options = options or TrainingOptions()
+    run_dir = Path(run_dir)
+    tags: list[str] = manifest["tags"]
+    removed = remove_incomplete_checkpoints(run_dir)
+    resume = latest_complete_checkpoint(run_dir)
+    if resume is not None:
+        check_label_list(resume, tags)
+
+    train_set = WindowSet(manifest, "train", augment=BoxAugmentation(seed=options.seed) if options.augment else None)
+    validation_set = WindowSet(manifest, "validation")
+    if not len(train_set) or not len(validation_set):
+        raise TrainingError(f"no windows to train on: train {len(train_set)}, validation {len(validation_set)}")
+    tokenizer = tokenizer or base_model.load_tokenizer(manifest["tokenizer"]["base_model"])
+    if base_model.tokenizer_fingerprint(tokenizer) != manifest["tokenizer"]["fingerprint"]:
+        raise TrainingError("the tokenizer differs from the one the windows were cut with; rebuild windowed_tensors")
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    by_steps = options.eval_steps is not None
+    args = TrainingArguments(
+        output_dir=str(run_dir / CHECKPOINTS),
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps,
+        per_device_train_batch_size=options.per_device_batch_size,
+        per_device_eval_batch_size=options.per_device_batch_size * 2,
+        gradient_accumulation_steps=options.gradient_accumulation_steps,
+        learning_rate=options.resolved_learning_rate(),
+        weight_decay=options.weight_decay,
+        warmup_steps=options.warmup_ratio,
+        label_smoothing_factor=options.label_smoothing,
+        max_grad_norm=options.max_grad_norm,
+        seed=options.seed,
+        auto_find_batch_size=options.auto_batch_size,
+        train_sampling_strategy="group_by_length" if options.group_by_length else "random",
+        eval_strategy="steps" if by_steps else "epoch",
+        save_strategy="steps" if by_steps else "epoch",
+        eval_steps=options.eval_steps,
+        save_steps=options.eval_steps or 500,
+        logging_strategy="steps",
+        logging_steps=1 if options.max_steps and 0 < options.max_steps <= 50 else 10,
+        load_best_model_at_end=True,
+        metric_for_best_model="f1",
+        greater_is_better=True,
+        save_total_limit=2,
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        tf32=True if cuda else None,
+        dataloader_pin_memory=cuda,
+        dataloader_num_workers=options.dataloader_workers if cuda else 0,
+        use_cpu=not cuda,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=False,
+    )
+
+    def compute_metrics(prediction) -> dict:
+        predicted = prediction.predictions
+        windows = [predicted[i, :n] for i, n in enumerate(validation_set.lengths)]
+        scores = entity_scores(true_receipt_tags(validation_set), receipt_tags(validation_set, windows))
+        overall = scores["overall"]
+        return {"precision": overall["precision"], "recall": overall["recall"], "f1": overall["f1"]}
+
+    class Progress(TrainerCallback):
+        def __init__(self) -> None:
+            self.evaluations: list[dict] = []
+            self.losses: list[float] = []
+            self.stop_requested: str | None = None
+            self.started = time.monotonic()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            record = {"step": state.global_step, "epoch": state.epoch, **(metrics or {})}
+            record = json.loads(json.dumps(record, default=float))  # plain numbers: numpy's do not serialise
+            self.evaluations.append(record)
+            if on_evaluate:
+                on_evaluate(record)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            out_of_time = options.max_train_seconds and time.monotonic() - self.started > options.max_train_seconds
+            if self.stop_requested or out_of_time:
+                control.should_save = True
+                control.should_evaluate = not self.stop_requested  # a spot notice leaves no time to evaluate
+                control.should_training_stop = True
+
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            _write_marker(folder, {"step": state.global_step, "epoch": state.epoch, "tags": tags})
+            if sync:
+                sync(folder, folder.name)
+
+    progress = Progress()
+    model = load_model(options.base_model, tags) if resume is None else load_model(str(resume), tags)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=validation_set,
+        data_collator=WindowCollator(tokenizer.pad_token_id, multiple_of=8 if cuda else None),
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience), progress],
+    )
+
+    def request_stop(signum, frame):
+        progress.stop_requested = signal.Signals(signum).name
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, request_stop)
+    started = time.monotonic()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    wall = time.monotonic() - started
+    if progress.stop_requested:
+        raise TrainingInterrupted(
+            f"training stopped by {progress.stop_requested} at step {trainer.state.global_step}; "
+            f"checkpoint saved in {run_dir / CHECKPOINTS}, a re-run resumes from it"
+        )
+
+    best_dir = run_dir / BEST
+    staging = run_dir / f".{BEST}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    # the Trainer pickles its arguments; the model folder carries them as JSON, so it holds no pickle at all
+    (staging / "training_args.bin").unlink(missing_ok=True)
+    (staging / "training_args.json").write_text(trainer.args.to_json_string())
+    tokenizer.save_pretrained(str(staging))
+    trainer.state.save_to_json(str(staging / "trainer_state.json"))
+    (staging / "label_map.json").write_text(json.dumps({"tags": tags, "labels": manifest["labels"]}, indent=2))
+    hyperparameters = {**asdict(options), "learning_rate": options.resolved_learning_rate()}
+    (staging / "training_options.json").write_text(json.dumps(hyperparameters, indent=2))
+    _write_marker(staging, {"step": trainer.state.global_step, "best_metric": trainer.state.best_metric, "tags": tags})
+    shutil.rmtree(best_dir, ignore_errors=True)
+    os.replace(staging, best_dir)
+    if sync:
+        sync(best_dir, BEST)
+
+    real_tokens = int(trainer.state.num_input_tokens_seen or 0)
+    if cuda:
+        peak = int(torch.cuda.max_memory_allocated())
+        device = torch.cuda.get_device_name()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        device = "cpu"
+    best_f1 = trainer.state.best_metric
+    return TrainingResult(
+        run_dir=str(run_dir),
+        best_dir=str(best_dir),
+        best_f1=float(best_f1) if best_f1 is not None and not math.isnan(best_f1) else 0.0,
+        epochs=float(trainer.state.epoch or 0.0),
+        steps=int(trainer.state.global_step),
+        real_tokens=real_tokens,
+        real_tokens_per_second=real_tokens / wall if wall else 0.0,
+        wall_seconds=wall,
+        device=device,
+        peak_memory_bytes=peak,
+        resumed_from=str(resume) if resume else None,
+        first_loss=progress.losses[0] if progress.losses else None,
+        last_loss=progress.losses[-1] if progress.losses else None,
+        evaluations=progress.evaluations + ([{"removed_incomplete_checkpoints": removed}] if removed else []),
+        hyperparameters=hyperparameters,
+    )

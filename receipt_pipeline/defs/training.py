@@ -1,0 +1,207 @@
+"""The trained checkpoint and its evaluation report."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+from pydantic import Field
+
+from receipt_pipeline.core import bio, storage
+from receipt_pipeline.core.checkpoint_store import CheckpointSync, restore_latest
+from receipt_pipeline.core.evaluation import confusion_png, evaluate
+from receipt_pipeline.core.sroie import read_sroie
+from receipt_pipeline.core.training import TrainingOptions, train
+from receipt_pipeline.defs.resources import PipelineSettings
+
+TRAINING_GROUP = "training"
+EVALUATION_GROUP = "evaluation"
+
+
+class LayoutLMCheckpointConfig(dg.Config):
+    base_model: str | None = Field(
+        default=None,
+        description="A hub id (e.g. microsoft/layoutlm-base-uncased), a local folder, an s3:// prefix, or "
+        "'compact'; default: the deployment's base model. Must match the windows' tokenizer.",
+    )
+    epochs: float = Field(default=10, gt=0)
+    per_device_batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation_steps: int = Field(default=4, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0, description="Default: 5e-5, or 1e-4 for 'compact'.")
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    early_stopping_patience: int = Field(default=3, ge=1)
+    seed: int = 42
+    auto_batch_size: bool = Field(default=False, description="Halve the batch on out-of-memory until it fits.")
+    augment: bool = Field(default=False, description="Rotate, scale and jitter train boxes as they are read.")
+    max_steps: int = Field(default=-1, description="Stop after this many optimizer steps; -1: epochs decide.")
+    eval_steps: int | None = Field(default=None, ge=1, description="Evaluate and save every N steps, not epochs.")
+    max_train_minutes: float | None = Field(default=None, gt=0, description="Stop, after a save, past this time.")
+    run_name: str | None = Field(
+        default=None, description="The run folder's name; default: the Dagster run's root id, so retries resume."
+    )
+
+
+def _run_dir(settings: PipelineSettings, run_name: str) -> tuple[Path, str | None]:
+    """The local folder of a training run and, in prod, the S3 prefix its checkpoints are synced to."""
+    if storage.is_s3(settings.artifact_root):
+        scratch = Path(os.environ.get("RECEIPT_PIPELINE_SCRATCH", tempfile.gettempdir())) / "receipt-pipeline"
+        return scratch / "runs" / run_name, storage.join(settings.artifact_root, "runs", run_name)
+    return Path(settings.artifact_root) / "runs" / run_name, None
+
+
+@dg.asset(
+    group_name=TRAINING_GROUP,
+    code_version="1",
+    kinds={"pytorch", "huggingface"},
+    tags={"receipt_pipeline/gpu": "true"},
+    description="LayoutLM token classifier trained with the Hugging Face Trainer, best by validation F1.",
+)
+def layoutlm_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: LayoutLMCheckpointConfig,
+    settings: PipelineSettings,
+    windowed_tensors: dict,
+) -> dg.Output[dict]:
+    manifest = windowed_tensors
+    source = config.base_model or settings.base_model
+    if source != manifest["tokenizer"]["base_model"]:
+        context.log.warning(
+            f"base model {source!r} differs from the windows' tokenizer source {manifest['tokenizer']['base_model']!r};"
+            " training goes on only if the tokenizers are identical"
+        )
+    run_name = config.run_name or context.run.root_run_id or context.run_id
+    run_dir, run_uri = _run_dir(settings, run_name)
+    sync = CheckpointSync(run_uri) if run_uri else None
+    if run_uri and not any((run_dir / "checkpoints").glob("checkpoint-*/COMPLETE")):
+        restored = restore_latest(run_uri, run_dir)
+        if restored:
+            context.log.info(f"resuming from {run_uri}/{restored.name}")
+    options = TrainingOptions(
+        base_model=source,
+        epochs=config.epochs,
+        per_device_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        label_smoothing=config.label_smoothing,
+        max_grad_norm=config.max_grad_norm,
+        early_stopping_patience=config.early_stopping_patience,
+        seed=config.seed,
+        auto_batch_size=config.auto_batch_size,
+        augment=config.augment,
+        max_steps=config.max_steps,
+        eval_steps=config.eval_steps,
+        max_train_seconds=config.max_train_minutes * 60 if config.max_train_minutes else None,
+    )
+
+    def log_evaluation(record: dict) -> None:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+        context.log.info(f"evaluation at step {record['step']}: {json.dumps(shown)}")
+
+    result = train(manifest, run_dir, options, on_evaluate=log_evaluation, sync=sync)
+    path = storage.join(run_uri, "best") if run_uri else result.best_dir
+    value = {
+        "path": path,
+        "run": run_name,
+        "tags": manifest["tags"],
+        "labels": manifest["labels"],
+        "best_validation_f1": result.best_f1,
+    }
+    return dg.Output(
+        value,
+        metadata={
+            "path": dg.MetadataValue.path(path),
+            "run": run_name,
+            "best_validation_f1": result.best_f1,
+            "epochs": result.epochs,
+            "steps": result.steps,
+            "real_tokens_per_second": result.real_tokens_per_second,
+            "wall_seconds": result.wall_seconds,
+            "device": result.device,
+            "peak_memory_mib": result.peak_memory_bytes / 2**20,
+            "first_loss": result.first_loss if result.first_loss is not None else float("nan"),
+            "last_loss": result.last_loss if result.last_loss is not None else float("nan"),
+            "resumed_from": result.resumed_from or "",
+            "hyperparameters": dg.MetadataValue.json(result.hyperparameters),
+            "evaluations": dg.MetadataValue.json(result.evaluations),
+            "windowed_tensors_version": manifest["folder"].rstrip("/").rsplit("/", 1)[-1],
+            "bio_receipt_split_version": manifest.get("split_content_hash", ""),
+        },
+    )
+
+
+class EvaluationReportConfig(dg.Config):
+    split: str = Field(default="test", description="Which split of the windows to score.")
+    sroie_dir: str | None = Field(
+        default=None, description="SROIE folder for field-level references; default: the deployment's SROIE_DIR."
+    )
+    sroie_labels: dict[str, str] = Field(
+        default=dict(bio.DEFAULT_SROIE_LABELS), description="SROIE field labels as the model names them."
+    )
+
+
+@dg.asset(
+    group_name=EVALUATION_GROUP,
+    code_version="1",
+    kinds={"seqeval"},
+    description="Entity-level (seqeval strict IOB2) and SROIE field-level scores of the checkpoint on the "
+    "test windows, with a confusion matrix; Markdown, JSON and PNG.",
+)
+def evaluation_report(
+    context: dg.AssetExecutionContext,
+    config: EvaluationReportConfig,
+    settings: PipelineSettings,
+    layoutlm_checkpoint: dict,
+    windowed_tensors: dict,
+    bio_receipt_split: pa.Table,
+) -> dg.Output[dict]:
+    rows = bio_receipt_split.filter(pa.compute.equal(bio_receipt_split.column("split"), config.split))
+    words = dict(zip(rows.column("key").to_pylist(), rows.column("words").to_pylist(), strict=True))
+    references = None
+    sroie_root = config.sroie_dir or settings.sroie_dir
+    if sroie_root and "sroie" in set(rows.column("source").to_pylist()):
+        references = read_sroie(sroie_root).entities
+    report = evaluate(
+        layoutlm_checkpoint["path"],
+        windowed_tensors,
+        split=config.split,
+        words=words,
+        sroie_references=references,
+        sroie_labels=config.sroie_labels,
+    )
+    folder = storage.join(settings.artifact_root, "reports", context.run_id)
+    storage.write_bytes(storage.join(folder, "report.md"), report.markdown().encode())
+    storage.write_bytes(storage.join(folder, "report.json"), json.dumps(report.to_dict(), indent=2).encode())
+    import numpy as np
+
+    png = confusion_png(report.confusion_labels, np.asarray(report.confusion))
+    storage.write_bytes(storage.join(folder, "confusion.png"), png)
+
+    headline = report.headline()
+    previous = context.instance.get_latest_materialization_event(context.asset_key)
+    change = {}
+    if previous and previous.asset_materialization:
+        before = previous.asset_materialization.metadata.get("entity_f1")
+        if before is not None:
+            change["entity_f1_change"] = headline["entity_f1"] - float(before.value)
+    context.log.info(f"evaluation of {layoutlm_checkpoint['path']}: {json.dumps(headline)}")
+    return dg.Output(
+        report.to_dict(),
+        metadata={
+            **headline,
+            **change,
+            "report": dg.MetadataValue.md(report.markdown()),
+            "report_folder": dg.MetadataValue.path(folder),
+            "confusion_matrix": dg.MetadataValue.path(storage.join(folder, "confusion.png")),
+            "checkpoint": dg.MetadataValue.path(layoutlm_checkpoint["path"]),
+            "checkpoint_run": layoutlm_checkpoint["run"],
+            "receipts": report.receipts,
+            "windows": report.windows,
+        },
+    )

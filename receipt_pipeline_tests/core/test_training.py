@@ -1,0 +1,106 @@
+"""Training the compact model on CPU: the loss falls, checkpoints are complete or ignored, runs resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import pytest
+
+from receipt_pipeline.core import bio, storage, training
+from receipt_pipeline.core.checkpoint_store import CheckpointSync, complete_remote_checkpoints, restore_latest
+from receipt_pipeline.core.evaluation import evaluate
+from receipt_pipeline.core.training import COMPLETE_MARKER, TrainingOptions, train
+from receipt_pipeline_tests.training_data import build_manifest, synthetic_words
+
+QUICK = dict(max_steps=8, eval_steps=4, per_device_batch_size=4, gradient_accumulation_steps=1, warmup_ratio=0.0)
+
+
+@pytest.fixture(scope="module")
+def small_manifest(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("windows")
+    manifest, _ = build_manifest([synthetic_words(24)], folder / "windows", bio.SplitOptions(entity_share_target=0.7))
+    return manifest
+
+
+def test_a_few_steps_make_the_loss_fall_and_leave_the_best_model_folder(small_manifest, tmp_path):
+    evaluations = []
+    result = train(small_manifest, tmp_path / "run", TrainingOptions(**QUICK), on_evaluate=evaluations.append)
+    assert result.first_loss > result.last_loss, (result.first_loss, result.last_loss)
+    assert result.steps == 8 and result.device == "cpu"
+    assert [e["step"] for e in evaluations] == [4, 8] and all("eval_f1" in e for e in evaluations)
+    assert result.real_tokens > 0 and result.real_tokens_per_second > 0
+    best = tmp_path / "run" / "best"
+    names = {p.name for p in best.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "label_map.json", "trainer_state.json"} <= names
+    assert {"training_options.json", "training_args.json"} <= names and not any(
+        n.endswith((".bin", ".pt", ".pth")) for n in names
+    )
+    assert json.loads((best / "label_map.json").read_text())["tags"] == small_manifest["tags"]
+    assert json.loads((best / "training_options.json").read_text())["learning_rate"] == 1e-4
+    checkpoints = training.checkpoint_dirs(tmp_path / "run")
+    assert checkpoints and all((c / COMPLETE_MARKER).is_file() for c in checkpoints)
+
+
+def test_a_rerun_resumes_from_the_newest_complete_checkpoint_and_skips_a_half_written_one(small_manifest, tmp_path):
+    run = tmp_path / "run"
+    train(small_manifest, run, TrainingOptions(**{**QUICK, "max_steps": 4}))
+    # a crash mid-save leaves a checkpoint folder without its marker: it is never resumed from
+    half = run / "checkpoints" / "checkpoint-99"
+    half.mkdir()
+    (half / "config.json").write_text("{")
+    result = train(small_manifest, run, TrainingOptions(**QUICK))
+    assert result.resumed_from == str(run / "checkpoints" / "checkpoint-4")
+    assert result.steps == 8
+    assert not half.exists()
+
+
+def test_a_checkpoint_with_another_label_list_is_refused(small_manifest, tmp_path):
+    run = tmp_path / "run"
+    train(small_manifest, run, TrainingOptions(**{**QUICK, "max_steps": 4}))
+    relabelled = {**small_manifest, "tags": [*small_manifest["tags"], "B-NEW", "I-NEW"]}
+    with pytest.raises(training.TrainingError, match="trained on the tags .* new run folder"):
+        train(relabelled, run, TrainingOptions(**QUICK))
+
+
+def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_from_it(small_manifest, tmp_path):
+    run = tmp_path / "run"
+    options = TrainingOptions(**{**QUICK, "max_steps": 40, "eval_steps": 20})
+
+    timer = threading.Timer(8.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        with pytest.raises(training.TrainingInterrupted, match="SIGTERM .* a re-run resumes"):
+            train(small_manifest, run, options)
+    finally:
+        timer.cancel()
+    [saved] = [c for c in training.checkpoint_dirs(run) if (c / COMPLETE_MARKER).is_file()]
+    interrupted_at = int(saved.name.split("-")[-1])
+    assert 0 < interrupted_at < 40
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+    result = train(small_manifest, run, TrainingOptions(**{**QUICK, "max_steps": interrupted_at + 2, "eval_steps": 20}))
+    assert result.resumed_from == str(saved)
+    assert result.steps == interrupted_at + 2
+
+
+def test_checkpoints_sync_to_s3_marker_last_and_restore_without_pickles(small_manifest, tmp_path, artifacts_bucket):
+    run_uri = f"s3://{artifacts_bucket}/runs/r1"
+    result = train(small_manifest, tmp_path / "run", TrainingOptions(**QUICK), sync=CheckpointSync(run_uri))
+    complete = complete_remote_checkpoints(run_uri)
+    assert sorted(complete) == [int(c.name.split("-")[-1]) for c in training.checkpoint_dirs(tmp_path / "run")]
+    uploaded = [uri.rsplit("/", 1)[-1] for uris in complete.values() for uri in uris]
+    assert "model.safetensors" in uploaded and not any(n.endswith((".pt", ".pth", ".bin")) for n in uploaded)
+    assert storage.exists(f"{run_uri}/best/model.safetensors") and storage.exists(f"{run_uri}/best/COMPLETE")
+
+    # an upload cut short (no marker) is not a checkpoint
+    storage.write_bytes(f"{run_uri}/checkpoint-999/model.safetensors", b"partial")
+    restored = restore_latest(run_uri, tmp_path / "fresh")
+    assert restored.name == f"checkpoint-{max(complete)}"
+    assert (restored / COMPLETE_MARKER).is_file()
+    assert {p.suffix for p in restored.iterdir()} <= {".json", ".safetensors", ".txt", ""}
+
+    report = evaluate(f"{run_uri}/best", small_manifest, split="validation")
+    assert report.windows > 0 and 0.0 <= report.entity["overall"]["f1"] <= 1.0
+    assert result.best_f1 == pytest.approx(max(e.get("eval_f1", 0) for e in result.evaluations))

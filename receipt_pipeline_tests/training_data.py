@@ -1,0 +1,51 @@
+"""Windows for training tests, built by the pipeline's own code from synthetic and shared SROIE receipts."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from receipt_pipeline.core import bio, word_table
+from receipt_pipeline.core.base_model import COMPACT, load_tokenizer, tokenizer_fingerprint
+from receipt_pipeline.core.dynamo_reader import ReadOptions, assemble
+from receipt_pipeline.core.sroie import read_sroie
+from receipt_pipeline.core.synthetic import iter_receipt_items
+from receipt_pipeline.core.windows import WindowOptions, write_windows
+
+
+@functools.cache
+def compact_tokenizer():
+    return load_tokenizer(COMPACT)
+
+
+def synthetic_words(receipts: int, seed: int = 5):
+    return word_table.to_frame(assemble(iter_receipt_items(receipts, seed), ReadOptions(table="t")).columns)
+
+
+def sroie_subset(shared_sroie_dir: Path, target: Path, receipts: int) -> Path:
+    """A SROIE-layout folder of symbolic links to the first ``receipts`` receipts of the shared split."""
+    for folder in ("box", "entities"):
+        (target / "train" / folder).mkdir(parents=True, exist_ok=True)
+    for box in sorted((shared_sroie_dir / "train" / "box").glob("*.txt"))[:receipts]:
+        (target / "train" / "box" / box.name).symlink_to(box)
+        entities = shared_sroie_dir / "train" / "entities" / box.name
+        (target / "train" / "entities" / box.name).symlink_to(entities)
+    return target
+
+
+def build_manifest(frames, folder: Path, options: bio.SplitOptions | None = None) -> tuple[dict, bio.SplitResult]:
+    split = bio.build_split(frames, options or bio.SplitOptions())
+    tokenizer = compact_tokenizer()
+    manifest, _ = write_windows(
+        split.table.to_batches(),
+        tokenizer,
+        split.labels,
+        str(folder),
+        WindowOptions(),
+        settings={"tokenizer": {"base_model": COMPACT, "fingerprint": tokenizer_fingerprint(tokenizer)}},
+    )
+    return manifest, split
+
+
+def sroie_frame(folder: Path):
+    return read_sroie(str(folder)).frame
