@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -305,4 +306,56 @@ def evaluate(
         fields=fields,
         confusion_labels=names,
         confusion=matrix.tolist(),
+    )
+
+
+def evaluate_sroie_folder(checkpoint: str, sroie_dir: str, work_dir: str) -> Report:
+    """Score a checkpoint on a SROIE-layout folder: every split in it, or the folder itself if it is one.
+
+    Windows are cut with the checkpoint's own tokenizer and tag list into ``work_dir``.
+    """
+    import json
+    from pathlib import PurePosixPath
+
+    from receipt_pipeline.core import base_model, bio, storage
+    from receipt_pipeline.core.sroie import read_sroie
+    from receipt_pipeline.core.windows import WindowOptions, write_windows
+
+    location = base_model.resolve(checkpoint)
+    label_map = json.loads((Path(location) / "label_map.json").read_text())
+    model_labels: list[str] = label_map["labels"]
+    # SROIE's field labels under the names the model learnt them by (the table's, or SROIE's own)
+    sroie_labels = {
+        field: mapped if mapped in model_labels else field for field, mapped in bio.DEFAULT_SROIE_LABELS.items()
+    }
+    unknown = sorted(set(sroie_labels.values()) - set(model_labels))
+    if unknown:
+        raise ValueError(f"checkpoint {checkpoint} has no label for the SROIE fields {unknown}: it knows {model_labels}")
+    root = sroie_dir.rstrip("/")
+    if storage.is_dir(storage.join(root, "box")):
+        parent, name = (root.rsplit("/", 1) if storage.is_s3(root) else (str(Path(root).parent), Path(root).name))
+        sroie = read_sroie(parent, [name])
+    else:
+        sroie = read_sroie(root)
+    options = bio.SplitOptions(shares=(0.0, 0.0, 1.0), entity_share_target=0, sroie_labels=sroie_labels)
+    split = bio.build_split([sroie.frame], options)
+    tokenizer = base_model.load_tokenizer(location)
+    manifest, _ = write_windows(
+        split.table.to_batches(),
+        tokenizer,
+        model_labels,
+        str(PurePosixPath(work_dir) / "windows"),
+        WindowOptions(),
+        settings={"tokenizer": {"base_model": checkpoint, "fingerprint": base_model.tokenizer_fingerprint(tokenizer)}},
+    )
+    words = dict(zip(split.table.column("key").to_pylist(), split.table.column("words").to_pylist(), strict=True))
+    return evaluate(
+        checkpoint,
+        manifest,
+        split="test",
+        words=words,
+        sroie_references=sroie.entities,
+        sroie_labels=sroie_labels,
+        model=load_classifier(location),
+        pad_token_id=tokenizer.pad_token_id,
     )

@@ -278,9 +278,15 @@ def train(
             if sync:
                 sync(folder, folder.name)
 
+    class WindowTrainer(Trainer):
+        def _get_eval_sampler(self, eval_dataset):
+            # predictions merge back to receipts by window position: evaluation keeps the stored order
+            # (the Trainer would otherwise group evaluation windows by length too)
+            return torch.utils.data.SequentialSampler(eval_dataset)
+
     progress = Progress()
     model = load_model(options.base_model, tags) if resume is None else load_model(str(resume), tags)
-    trainer = Trainer(
+    trainer = WindowTrainer(
         model=model,
         args=args,
         train_dataset=train_set,

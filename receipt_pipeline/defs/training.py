@@ -192,7 +192,7 @@ def evaluation_report(
             change["entity_f1_change"] = headline["entity_f1"] - float(before.value)
     context.log.info(f"evaluation of {layoutlm_checkpoint['path']}: {json.dumps(headline)}")
     return dg.Output(
-        report.to_dict(),
+        {**report.to_dict(), "report_folder": folder},
         metadata={
             **headline,
             **change,
