@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,22 @@ def receipts_table(aws_emulator) -> str:
     client.get_waiter("table_exists").wait(TableName=name)
     yield name
     client.delete_table(TableName=name)
+
+
+@contextlib.contextmanager
+def seeded_receipts_table(receipts: int, seed: int) -> Iterator[str]:
+    """A new receipts table holding ``receipts`` synthetic receipts; deleted afterwards. Needs the emulator."""
+    from receipt_pipeline.core.synthetic import seed_synthetic
+
+    name = f"receipts-seeded-{uuid.uuid4().hex[:8]}"
+    client = aws.client("dynamodb")
+    client.create_table(**create_table_request(name))
+    client.get_waiter("table_exists").wait(TableName=name)
+    seed_synthetic(name, receipts, seed=seed)
+    try:
+        yield name
+    finally:
+        client.delete_table(TableName=name)
 
 
 @pytest.fixture

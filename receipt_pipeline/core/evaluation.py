@@ -330,10 +330,10 @@ def evaluate_sroie_folder(checkpoint: str, sroie_dir: str, work_dir: str) -> Rep
     }
     unknown = sorted(set(sroie_labels.values()) - set(model_labels))
     if unknown:
-        raise ValueError(f"checkpoint {checkpoint} has no label for the SROIE fields {unknown}: it knows {model_labels}")
+        raise ValueError(f"checkpoint {checkpoint} has no label for SROIE's {unknown}; it knows {model_labels}")
     root = sroie_dir.rstrip("/")
     if storage.is_dir(storage.join(root, "box")):
-        parent, name = (root.rsplit("/", 1) if storage.is_s3(root) else (str(Path(root).parent), Path(root).name))
+        parent, name = root.rsplit("/", 1) if storage.is_s3(root) else (str(Path(root).parent), Path(root).name)
         sroie = read_sroie(parent, [name])
     else:
         sroie = read_sroie(root)

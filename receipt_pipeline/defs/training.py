@@ -74,7 +74,7 @@ def layoutlm_checkpoint(
             f"base model {source!r} differs from the windows' tokenizer source {manifest['tokenizer']['base_model']!r};"
             " training goes on only if the tokenizers are identical"
         )
-    run_name = config.run_name or context.run.root_run_id or context.run_id
+    run_name = config.run_name or context.run.root_run_id or context.run.run_id
     run_dir, run_uri = _run_dir(settings, run_name)
     sync = CheckpointSync(run_uri) if run_uri else None
     if run_uri and not any((run_dir / "checkpoints").glob("checkpoint-*/COMPLETE")):
@@ -175,7 +175,7 @@ def evaluation_report(
         sroie_references=references,
         sroie_labels=config.sroie_labels,
     )
-    folder = storage.join(settings.artifact_root, "reports", context.run_id)
+    folder = storage.join(settings.artifact_root, "reports", context.run.run_id)
     storage.write_bytes(storage.join(folder, "report.md"), report.markdown().encode())
     storage.write_bytes(storage.join(folder, "report.json"), json.dumps(report.to_dict(), indent=2).encode())
     import numpy as np

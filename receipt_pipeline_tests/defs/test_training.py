@@ -9,10 +9,10 @@ import pytest
 
 from receipt_pipeline.core import storage
 from receipt_pipeline.core.settings import DeploymentSettings
-from receipt_pipeline.core.synthetic import seed_synthetic
 from receipt_pipeline.definitions import build_definitions
 from receipt_pipeline.defs import ingestion, training, training_data
 from receipt_pipeline.defs.resources import resources_for
+from receipt_pipeline_tests.conftest import seeded_receipts_table
 from receipt_pipeline_tests.defs.test_ingestion import _local_settings, _metadata
 from receipt_pipeline_tests.training_data import sroie_subset
 
@@ -35,16 +35,8 @@ SHORT_TRAINING = {
 
 @pytest.fixture(scope="module")
 def seeded_table(aws_emulator):
-    from receipt_pipeline.core import aws
-    from receipt_pipeline.core.dynamo_schema import create_table_request
-
-    client = aws.client("dynamodb")
-    name = "receipts-training"
-    client.create_table(**create_table_request(name))
-    client.get_waiter("table_exists").wait(TableName=name)
-    seed_synthetic(name, 30, seed=9)
-    yield name
-    client.delete_table(TableName=name)
+    with seeded_receipts_table(receipts=30, seed=9) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pytest
 
 from receipt_pipeline.core import bio, storage
-from receipt_pipeline.core.synthetic import seed_synthetic
 from receipt_pipeline.core.windows import WindowSet, merge_word_predictions
 from receipt_pipeline.definitions import build_definitions
 from receipt_pipeline.defs import ingestion, training_data
 from receipt_pipeline.defs.resources import resources_for
+from receipt_pipeline_tests.conftest import seeded_receipts_table
 from receipt_pipeline_tests.defs.test_ingestion import _local_settings, _metadata
 
 ALL_ASSETS = [
@@ -24,16 +24,8 @@ ALL_ASSETS = [
 
 @pytest.fixture(scope="module")
 def seeded_table(aws_emulator):
-    from receipt_pipeline.core import aws
-    from receipt_pipeline.core.dynamo_schema import create_table_request
-
-    client = aws.client("dynamodb")
-    name = "receipts-training-data"
-    client.create_table(**create_table_request(name))
-    client.get_waiter("table_exists").wait(TableName=name)
-    seed_synthetic(name, 40, seed=7)
-    yield name
-    client.delete_table(TableName=name)
+    with seeded_receipts_table(receipts=40, seed=7) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +160,20 @@ def test_pinned_validation_keys_from_a_file_override_the_hash(materialised, tmp_
     table = build_definitions(settings).load_asset_value("bio_receipt_split")
     split_of = dict(zip(table.column("key").to_pylist(), table.column("split").to_pylist(), strict=True))
     assert all(split_of[key] == "validation" for key in train_keys)
+
+
+def test_sroie_alone_is_a_valid_training_set(materialised):
+    _, settings, instance = materialised
+    run_config = {"ops": {"bio_receipt_split": {"config": {"sources": ["sroie"]}}}}
+    result = dg.materialize(
+        ALL_ASSETS,
+        resources=resources_for(settings),
+        instance=instance,
+        selection=["bio_receipt_split"],
+        run_config=run_config,
+    )
+    metadata = _metadata(result, "bio_receipt_split")
+    assert min(metadata["receipts_per_split"].values()) > 0
+    assert metadata["labels"] == ["ADDRESS_LINE", "DATE", "GRAND_TOTAL", "MERCHANT_NAME"]
+    table = build_definitions(settings).load_asset_value("bio_receipt_split")
+    assert {key.split("/")[0] for key in table.column("key").to_pylist()} == {"sroie"}
