@@ -83,7 +83,9 @@ def start_emulator_process(port: int) -> tuple[subprocess.Popen, dict[str, str]]
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
             raise click.ClickException(f"port {port} is in use; pick another with --port")
-    process = subprocess.Popen([sys.executable, "-m", "receipt_pipeline.cli", "local-aws", "--port", str(port)])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "receipt_pipeline.cli", "local-aws", "--port", str(port)], start_new_session=True
+    )
     _wait_for_port("127.0.0.1", port, process)
     env = local_aws.emulator_env("127.0.0.1", port)
     os.environ.update(env)
@@ -100,11 +102,17 @@ def start_emulator_process(port: int) -> tuple[subprocess.Popen, dict[str, str]]
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then after ``timeout`` SIGKILL to the process's whole group: a child started in its own
+    session (as `dagster dev` and the emulator are) takes its webserver, daemon and code servers with it."""
     process.terminate()
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            process.kill()
+        process.wait(timeout=timeout)
 
 
 def _local_dagster_home() -> Path:
@@ -213,7 +221,7 @@ def dev(port: int, ui_port: int, receipts: int) -> None:
         _seed_if_empty(receipts, seed=7)
         command = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml"]
         command += ["-h", "127.0.0.1", "-p", str(ui_port)]
-        ui = subprocess.Popen(command)
+        ui = subprocess.Popen(command, start_new_session=True)
         ui.wait()
     finally:
         if ui is not None:

@@ -109,5 +109,12 @@ def test_dev_serves_the_ui_with_the_local_code_location_and_stops_its_children(t
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=60)
     for port in (aws_port, ui_port):
-        with socket.socket() as probe:
-            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served after dev stopped"
+        deadline = time.monotonic() + 20  # a closed listener may take a moment to leave the port
+        while _served(port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _served(port), f"port {port} still served after dev stopped"
+
+
+def _served(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
