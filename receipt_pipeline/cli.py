@@ -34,6 +34,10 @@ def main() -> None:
 def local_aws_command(port: int, host: str, table: str | None, bucket: str | None) -> None:
     """Run the AWS emulator (DynamoDB, S3, EC2) in the foreground, with the receipts table and bucket."""
     settings = DeploymentSettings.from_env({**os.environ, "RECEIPT_PIPELINE_DEPLOYMENT": "local"})
+    stop = threading.Event()
+    # handlers first: a stop asked for while the table is still being created is honoured, not fatal
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     server = local_aws.start_emulator(port, host)
     env = local_aws.emulator_env(*server.get_host_and_port())
     os.environ.update(env)
@@ -41,9 +45,6 @@ def local_aws_command(port: int, host: str, table: str | None, bucket: str | Non
     local_aws.provision(table, bucket)
     click.echo(f"AWS emulator on {env['AWS_ENDPOINT_URL']}: table {table}, bucket {bucket}. Ctrl-C stops it.")
     click.echo(f"export AWS_ENDPOINT_URL={env['AWS_ENDPOINT_URL']} AWS_REGION={env['AWS_REGION']}")
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     stop.wait()
     server.stop()
 

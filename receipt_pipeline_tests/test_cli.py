@@ -26,16 +26,19 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "receipt_pipeline.cli", *args]
 
 
-def _wait_for_table(table: str, timeout: float = 60) -> None:
+def _wait_for_table(table: str, bucket: str | None = None, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if table in aws.client("dynamodb", max_attempts=1).list_tables()["TableNames"]:
+            tables = aws.client("dynamodb", max_attempts=1).list_tables()["TableNames"]
+            buckets = {b["Name"] for b in aws.client("s3", max_attempts=1).list_buckets()["Buckets"]}
+            # the table is created first, then the bucket: wait for both
+            if table in tables and (bucket is None or bucket in buckets):
                 return
         except Exception:  # the port is not open yet
             pass
         time.sleep(0.3)
-    raise AssertionError(f"local-aws did not create {table} within {timeout}s")
+    raise AssertionError(f"local-aws did not create {table} and {bucket} within {timeout}s")
 
 
 def test_local_aws_serves_the_table_and_bucket_until_terminated(monkeypatch, tmp_path):
@@ -46,7 +49,7 @@ def test_local_aws_serves_the_table_and_bucket_until_terminated(monkeypatch, tmp
         monkeypatch.setenv(name, value)
     server = subprocess.Popen(_cli("local-aws", "--port", str(port)), env=env, stdout=subprocess.PIPE, text=True)
     try:
-        _wait_for_table("cli-receipts")
+        _wait_for_table("cli-receipts", "cli-bucket")
         table = aws.client("dynamodb").describe_table(TableName="cli-receipts")["Table"]
         assert {index["IndexName"] for index in table["GlobalSecondaryIndexes"]} >= {"GSI3", "GSITYPE"}
         assert "cli-bucket" in {b["Name"] for b in aws.client("s3").list_buckets()["Buckets"]}
@@ -62,7 +65,7 @@ def test_local_aws_serves_the_table_and_bucket_until_terminated(monkeypatch, tmp
         assert len(result.frame) >= 40 * result.receipts
     finally:
         server.send_signal(signal.SIGTERM)
-        stdout, _ = server.communicate(timeout=20)
+        stdout, _ = server.communicate(timeout=60)
     assert server.returncode == 0
     assert f"http://127.0.0.1:{port}" in stdout
 
