@@ -96,10 +96,6 @@ class SplitResult:
 # ---------------------------------------------------------------------------------------------- pieces
 
 
-def receipt_key(source: str, image_id: str, receipt_id: int) -> str:
-    return f"{source}/{image_id}/{int(receipt_id):05d}"
-
-
 def bio_tags(labels: Sequence[str | None]) -> list[str]:
     """``B-X`` on the first word of each run of label X, ``I-X`` on the rest of the run, ``O`` elsewhere."""
     tags = []

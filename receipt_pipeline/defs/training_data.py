@@ -171,23 +171,25 @@ def windowed_tensors(
     )
     tokenizer = load_tokenizer(source)
     fingerprint = tokenizer_fingerprint(tokenizer)
-    schema_metadata = bio_receipt_split.schema_metadata()
-    labels = bio.labels_of(schema_metadata)
-    split_version = bio.version_of(schema_metadata)
-    version = folder_name(split_version, fingerprint, options)
-    folder = storage.join(settings.artifact_root, "windows", version)
     columns = ["key", "split", "words", "boxes", "tags"]
-    manifest, stats = write_windows(
-        bio_receipt_split.iter_batches(batch_size=options.batch_receipts, columns=columns),
-        tokenizer,
-        labels,
-        folder,
-        options,
-        settings={
-            "tokenizer": {"base_model": source, "fingerprint": fingerprint, "class": type(tokenizer).__name__},
-            "split_content_hash": split_version,
-        },
-    )
+    # one open: from S3 the split is downloaded once, for its metadata and its rows alike
+    with bio_receipt_split.open() as parquet:
+        schema_metadata = parquet.schema_arrow.metadata
+        labels = bio.labels_of(schema_metadata)
+        split_version = bio.version_of(schema_metadata)
+        version = folder_name(split_version, fingerprint, options)
+        folder = storage.join(settings.artifact_root, "windows", version)
+        manifest, stats = write_windows(
+            parquet.iter_batches(batch_size=options.batch_receipts, columns=columns),
+            tokenizer,
+            labels,
+            folder,
+            options,
+            settings={
+                "tokenizer": {"base_model": source, "fingerprint": fingerprint, "class": type(tokenizer).__name__},
+                "split_content_hash": split_version,
+            },
+        )
     words_cut = sum(s.words_cut for s in stats.values())
     if words_cut:
         context.log.warning(f"{words_cut} words longer than a window were cut")
