@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from receipt_pipeline.core.settings import DeploymentSettings
-from receipt_pipeline.defs import ingestion, training, training_data
+from receipt_pipeline.defs import gpu_instances, ingestion, training, training_data
 from receipt_pipeline.defs.resources import resources_for
 
 
@@ -14,6 +14,7 @@ def build_definitions(settings: DeploymentSettings | None = None) -> dg.Definiti
     return dg.Definitions(
         assets=dg.load_assets_from_modules([ingestion, training_data, training]),
         resources=resources_for(settings),
+        sensors=[gpu_instances.build_reaper_sensor(settings)],
     )
 
 

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 THROTTLE = "throttle"
 PARTIAL_BATCH_WRITE = "partial_batch_write"
+CAPACITY_REFUSAL = "capacity_refusal"
 BATCH_WRITE_TARGET = "DynamoDB_20120810.BatchWriteItem"
 
 THROTTLING_ERROR_TYPE = "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException"
@@ -72,6 +73,7 @@ class FaultProxy:
         self._throttles_left: Counter[str] = Counter()  # X-Amz-Target -> requests still to throttle
         self._partial_writes_left = 0
         self._partial_keep = 0
+        self._refused_capacity: dict[tuple[str, str], str] = {}  # (instance type, market) -> EC2 error code
         self.injected: Counter[str] = Counter()  # faults injected, by kind (THROTTLE, PARTIAL_BATCH_WRITE)
         self.throttled: Counter[str] = Counter()  # throttling errors sent, by X-Amz-Target
         self.deferred_items = 0  # items answered as unprocessed instead of being written
@@ -94,6 +96,16 @@ class FaultProxy:
         with self._lock:
             self._partial_writes_left = times
             self._partial_keep = keep
+
+    def refuse_capacity(self, instance_type: str, market: str = "spot", code: str = "InsufficientInstanceCapacity"):
+        """EC2 RunInstances for ``instance_type`` in ``market`` (spot or on-demand) is answered with ``code``,
+        as EC2 answers when a zone has no capacity, until :meth:`restore_capacity`."""
+        with self._lock:
+            self._refused_capacity[(instance_type, market)] = code
+
+    def restore_capacity(self) -> None:
+        with self._lock:
+            self._refused_capacity.clear()
 
     def pending_faults(self) -> dict[str, int]:
         """Faults configured but not injected yet, by kind."""
@@ -141,11 +153,33 @@ class FaultProxy:
             self.requests[target] += 1
         if self._take_throttle(target):
             return _throttling_answer()
+        if not target and b"Action=RunInstances" in body:
+            refusal = self._capacity_refusal(body)
+            if refusal is not None:
+                return refusal
         if target == BATCH_WRITE_TARGET:
             keep = self._take_partial_write(body)
             if keep is not None:
                 return self._partial_batch_write(method, path, headers, body, keep)
         return self._forward(method, path, headers, body)
+
+    def _capacity_refusal(self, body: bytes) -> _Answer | None:
+        form = parse_qs(body.decode())
+        instance_type = form.get("InstanceType", [""])[0]
+        market = "spot" if form.get("InstanceMarketOptions.MarketType", [""])[0] == "spot" else "on-demand"
+        with self._lock:
+            code = self._refused_capacity.get((instance_type, market))
+            if code is None:
+                return None
+            self.injected[CAPACITY_REFUSAL] += 1
+            self.requests[f"RunInstances {instance_type} {market} refused"] += 1
+        # EC2's query-protocol error document; sent as 400 so that the refusal is seen once, not retried
+        document = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>'
+            f"{code}</Code><Message>There is no {market} capacity for {instance_type} in the requested zone."
+            f"</Message></Error></Errors><RequestID>{_request_id()}</RequestID></Response>"
+        ).encode()
+        return _Answer(400, [("Content-Type", "text/xml")], document)
 
     def _take_throttle(self, target: str) -> bool:
         with self._lock:

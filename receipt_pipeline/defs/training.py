@@ -1,5 +1,6 @@
 """The trained checkpoint and its evaluation report."""
 
+import datetime as dt
 import json
 import os
 import tempfile
@@ -15,6 +16,7 @@ from receipt_pipeline.core.evaluation import confusion_png, evaluate
 from receipt_pipeline.core.sroie import read_sroie
 from receipt_pipeline.core.training import TrainingOptions, train
 from receipt_pipeline.defs.resources import PipelineSettings
+from receipt_pipeline.launcher import ec2, tags
 
 TRAINING_GROUP = "training"
 EVALUATION_GROUP = "evaluation"
@@ -27,9 +29,9 @@ class LayoutLMCheckpointConfig(dg.Config):
         "'compact'; default: the deployment's base model. Must match the windows' tokenizer.",
     )
     epochs: float = Field(default=10, gt=0)
-    per_device_batch_size: int = Field(default=8, ge=1)
-    gradient_accumulation_steps: int = Field(default=4, ge=1)
-    learning_rate: float | None = Field(default=None, gt=0, description="Default: 5e-5, or 1e-4 for 'compact'.")
+    per_device_batch_size: int | None = Field(default=None, ge=1, description="Default: 8, or 4 for 'compact'.")
+    gradient_accumulation_steps: int | None = Field(default=None, ge=1, description="Default: 4, or 1 for 'compact'.")
+    learning_rate: float | None = Field(default=None, gt=0, description="Default: 5e-5, or 2e-4 for 'compact'.")
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
@@ -58,7 +60,7 @@ def _run_dir(settings: PipelineSettings, run_name: str) -> tuple[Path, str | Non
     group_name=TRAINING_GROUP,
     code_version="1",
     kinds={"pytorch", "huggingface"},
-    tags={"receipt_pipeline/gpu": "true"},
+    tags={tags.GPU: "true"},
     description="LayoutLM token classifier trained with the Hugging Face Trainer, best by validation F1.",
 )
 def layoutlm_checkpoint(
@@ -106,6 +108,7 @@ def layoutlm_checkpoint(
 
     result = train(manifest, run_dir, options, on_evaluate=log_evaluation, sync=sync)
     path = storage.join(run_uri, "best") if run_uri else result.best_dir
+    gpu = _gpu_instance_metadata(context.run.tags)
     value = {
         "path": path,
         "run": run_name,
@@ -132,8 +135,26 @@ def layoutlm_checkpoint(
             "evaluations": dg.MetadataValue.json(result.evaluations),
             "windowed_tensors_version": manifest["folder"].rstrip("/").rsplit("/", 1)[-1],
             "bio_receipt_split_version": manifest.get("split_content_hash", ""),
+            **gpu,
         },
     )
+
+
+def _gpu_instance_metadata(run_tags: dict[str, str]) -> dict:
+    """The EC2 instance the launcher recorded on the run, and its cost so far: hourly price x billed time."""
+    instance_id = run_tags.get(tags.INSTANCE_ID)
+    if not instance_id:
+        return {}
+    price = run_tags.get(tags.HOURLY_PRICE)
+    launched = run_tags.get(tags.LAUNCH_TIME)
+    cost = ec2.billed_cost(float(price), dt.datetime.fromisoformat(launched)) if price and launched else None
+    return {
+        "ec2_instance_id": instance_id,
+        "ec2_instance_type": run_tags.get(tags.RECORDED_INSTANCE_TYPE, ""),
+        "ec2_market": run_tags.get(tags.RECORDED_MARKET, ""),
+        "gpu_hourly_price_usd": float(price) if price else float("nan"),
+        "gpu_cost_usd": cost if cost is not None else float("nan"),
+    }
 
 
 class EvaluationReportConfig(dg.Config):

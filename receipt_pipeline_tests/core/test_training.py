@@ -25,6 +25,15 @@ def small_manifest(tmp_path_factory):
     return manifest
 
 
+def test_unset_batch_and_rate_follow_the_base_model_and_set_ones_are_kept():
+    compact = TrainingOptions(base_model="compact").resolved()
+    assert (compact.per_device_batch_size, compact.gradient_accumulation_steps, compact.learning_rate) == (4, 1, 2e-4)
+    base = TrainingOptions(base_model="microsoft/layoutlm-base-uncased").resolved()
+    assert (base.per_device_batch_size, base.gradient_accumulation_steps, base.learning_rate) == (8, 4, 5e-5)
+    chosen = TrainingOptions(base_model="compact", per_device_batch_size=16, learning_rate=3e-5).resolved()
+    assert (chosen.per_device_batch_size, chosen.gradient_accumulation_steps, chosen.learning_rate) == (16, 1, 3e-5)
+
+
 def test_a_few_steps_make_the_loss_fall_and_leave_the_best_model_folder(small_manifest, tmp_path):
     evaluations = []
     result = train(small_manifest, tmp_path / "run", TrainingOptions(**QUICK), on_evaluate=evaluations.append)
@@ -39,7 +48,7 @@ def test_a_few_steps_make_the_loss_fall_and_leave_the_best_model_folder(small_ma
         n.endswith((".bin", ".pt", ".pth")) for n in names
     )
     assert json.loads((best / "label_map.json").read_text())["tags"] == small_manifest["tags"]
-    assert json.loads((best / "training_options.json").read_text())["learning_rate"] == 1e-4
+    assert json.loads((best / "training_options.json").read_text())["learning_rate"] == 2e-4
     checkpoints = training.checkpoint_dirs(tmp_path / "run")
     assert checkpoints and all((c / COMPLETE_MARKER).is_file() for c in checkpoints)
 
