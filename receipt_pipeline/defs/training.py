@@ -19,6 +19,7 @@ from receipt_pipeline.defs.resources import PipelineSettings
 from receipt_pipeline.launcher import ec2, tags
 
 TRAINING_GROUP = "training"
+GPU_POOL = "gpu"
 EVALUATION_GROUP = "evaluation"
 
 
@@ -61,6 +62,9 @@ def _run_dir(settings: PipelineSettings, run_name: str) -> tuple[Path, str | Non
     code_version="1",
     kinds={"pytorch", "huggingface"},
     tags={tags.GPU: "true"},
+    # the prod instance limits this pool (concurrency > pools, granularity run), so runs that train wait in
+    # the queue, without an instance, while the GPU limit is reached
+    pool=GPU_POOL,
     description="LayoutLM token classifier trained with the Hugging Face Trainer, best by validation F1.",
 )
 def layoutlm_checkpoint(

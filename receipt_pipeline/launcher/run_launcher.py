@@ -9,6 +9,7 @@ and ``terminate`` ends the instance.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Mapping
 from importlib.metadata import version as package_version
 
@@ -54,6 +55,7 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
         wheel_prefix: str | None = None,
         package_index_url: str | None = None,
         worker_env: Mapping[str, str] | None = None,
+        env_vars: list[str] | None = None,
         secrets: Mapping[str, str] | None = None,
         dagster_home: str = "/opt/dagster/dagster_home",
         spot_poll_seconds: int = 5,
@@ -78,6 +80,7 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
         self.wheel_prefix = wheel_prefix
         self.package_index_url = package_index_url
         self.worker_env = dict(worker_env or {})
+        self.env_vars = list(env_vars or [])
         for name, reference in (secrets or {}).items():
             if not reference.startswith(("ssm:", "secretsmanager:")):
                 raise ValueError(f"secret {name}: {reference!r} is neither ssm:NAME nor secretsmanager:NAME")
@@ -113,6 +116,12 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
             "wheel_prefix": Field(Noneable(StringSource), is_required=False, default_value=None),
             "package_index_url": Field(Noneable(StringSource), is_required=False, default_value=None),
             "worker_env": Field(Permissive(), is_required=False, description="Environment of the run worker."),
+            "env_vars": Field(
+                [str],
+                is_required=False,
+                description="NAME copies the launching process's value into the worker's environment; "
+                "NAME=VALUE sets one. Not for secrets: they go in `secrets`, fetched by name on the instance.",
+            ),
             "secrets": Field(
                 Permissive(), is_required=False, description="Env var -> ssm:NAME or secretsmanager:NAME."
             ),
@@ -151,6 +160,16 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
 
     # -------------------------------------------------------------------------------- launch
 
+    def worker_environment(self) -> dict[str, str]:
+        env = dict(self.worker_env)
+        for entry in self.env_vars:
+            name, has_value, value = entry.partition("=")
+            if has_value:
+                env[name] = value
+            elif name in os.environ:
+                env[name] = os.environ[name]
+        return env
+
     def worker_spec(self, run) -> dict:
         args = ExecuteRunArgs(
             job_origin=run.job_code_origin, run_id=run.run_id, instance_ref=None, set_exit_code_on_failure=True
@@ -159,7 +178,7 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
             "run_id": run.run_id,
             "dagster_home": self.dagster_home,
             "dagster_yaml": user_data.worker_dagster_yaml(self._instance.get_ref()),
-            "env": self.worker_env,
+            "env": self.worker_environment(),
             "secrets": self.secrets,
             "execute_run_args": serialize_value(args),
             "spot_poll_seconds": self.spot_poll_seconds,
@@ -189,7 +208,7 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
             instance_type=run.tags.get(tags.INSTANCE_TYPE),
             market=run.tags.get(tags.MARKET),
         )
-        price = "" if started.hourly_price is None else f"{started.hourly_price:.4f}"
+        price = "" if started.hourly_price is None else f"{started.hourly_price:g}"
         # a retry copies its parent's tags: every record is overwritten here
         self._instance.add_run_tags(
             run.run_id,

@@ -1,0 +1,59 @@
+"""deploy/prod/dagster.yaml: a valid instance config whose launcher builds from it (no Postgres needed)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from dagster._config import process_config
+from dagster._core.instance.config import dagster_instance_config
+
+from receipt_pipeline.defs import training
+from receipt_pipeline.launcher import EC2GpuRunLauncher, tags
+
+PROD_YAML = Path(__file__).resolve().parents[2] / "deploy" / "prod" / "dagster.yaml"
+PROD_ENV = {
+    "DAGSTER_PG_HOST": "db.internal",
+    "DAGSTER_PG_USERNAME": "dagster",
+    "DAGSTER_PG_PASSWORD": "from-ssm-at-start",
+    "DAGSTER_PG_DB": "dagster",
+    "RECEIPT_PIPELINE_BUCKET": "receipts-prod",
+    "RECEIPTS_TABLE": "receipts",
+    "AWS_REGION": "eu-west-1",
+    "RECEIPT_PIPELINE_GPU_AMI": "ami-0123456789abcdef0",
+    "RECEIPT_PIPELINE_GPU_SUBNET": "subnet-0123",
+    "RECEIPT_PIPELINE_GPU_INSTANCE_PROFILE": "receipt-pipeline-gpu",
+    "RECEIPT_PIPELINE_WHEEL_PREFIX": "s3://receipts-prod/wheels",
+}
+
+
+def test_the_prod_instance_config_is_valid_and_builds_the_gpu_launcher(tmp_path, monkeypatch):
+    for name, value in PROD_ENV.items():
+        monkeypatch.setenv(name, value)
+    shutil.copy(PROD_YAML, tmp_path / "dagster.yaml")
+    config, _ = dagster_instance_config(str(tmp_path))
+
+    assert set(config["storage"]) == {"postgres"}
+    assert config["compute_logs"]["class"] == "S3ComputeLogManager"
+    assert config["run_monitoring"]["enabled"] and config["run_monitoring"]["start_timeout_seconds"] >= 900
+    assert config["run_retries"]["enabled"] and config["run_retries"]["retry_on_asset_or_op_failure"]
+    assert config["concurrency"]["pools"]["granularity"] == "run"
+    [gpu_limit] = config["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert (gpu_limit["key"], gpu_limit["value"]) == (tags.GPU, "true")
+
+    launcher_config = config["run_launcher"]
+    assert (launcher_config["module"], launcher_config["class"]) == ("receipt_pipeline.launcher", "EC2GpuRunLauncher")
+    processed = process_config(EC2GpuRunLauncher.config_type(), launcher_config["config"])
+    assert processed.success, processed.errors
+    launcher = EC2GpuRunLauncher.from_config_value(None, processed.value)
+    assert launcher.spec.ami == PROD_ENV["RECEIPT_PIPELINE_GPU_AMI"] and launcher.spec.market == "spot"
+    assert launcher.spec.instance_types == ("g5.xlarge", "g6.xlarge", "g4dn.xlarge")
+    environment = launcher.worker_environment()
+    assert environment["RECEIPT_PIPELINE_DEPLOYMENT"] == "prod" and environment["RECEIPTS_TABLE"] == "receipts"
+    assert "DAGSTER_PG_PASSWORD" not in environment  # fetched by name on the instance
+    assert launcher.secrets == {"DAGSTER_PG_PASSWORD": "ssm:/receipt-pipeline/dagster-pg-password"}
+
+
+def test_the_training_asset_is_in_the_gpu_pool():
+    assets_def = training.layoutlm_checkpoint
+    assert assets_def.node_def.pool == training.GPU_POOL
