@@ -10,7 +10,7 @@ export RECEIPT_PIPELINE_DATA_DIR ?= $(CURDIR)/.data
 export SROIE_DIR ?= $(abspath $(CURDIR)/../shared/data/sroie)
 LOCAL_AWS_PORT ?= 5466
 
-.PHONY: install demo test dev bench lint clean
+.PHONY: install demo test dev bench lint wheel clean
 
 install: $(STAMP)
 
@@ -34,8 +34,12 @@ test: install
 bench: install
 	$(BIN)/python -m receipt_pipeline_tests.benchmarks
 
+# the wheel GPU instances install (upload it under the launcher's wheel_prefix)
+wheel: install
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+
 lint: install
 	$(BIN)/ruff check receipt_pipeline receipt_pipeline_tests
 
 clean:
-	rm -rf $(VENV) .data .dagster_home
+	rm -rf $(VENV) .data .dagster_home dist
