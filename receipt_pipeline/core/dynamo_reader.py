@@ -355,3 +355,47 @@ def _combine(partials: list[_Partial], options: ReadOptions, tally: _Tally) -> R
             f"first keys: {result.skipped_keys[:5]}"
         )
     return result
+
+
+# ------------------------------------------------------------------------------------------ snapshot
+
+
+@dataclass(frozen=True)
+class LabelSnapshot:
+    """How many labels of one validation status the table holds, per label, and the newest one's time."""
+
+    status: str
+    labels: int
+    newest_timestamp: str  # ISO 8601 as stored; "" when there is no such label
+    per_label: dict[str, int]
+    items_evaluated: int
+
+    @property
+    def version(self) -> str:
+        """Changes whenever a label of this status is added, removed or re-validated (a new timestamp)."""
+        return f"{self.status}:{self.labels}:{self.newest_timestamp}"
+
+
+def label_snapshot(table: str, status: str = "VALID", client=None) -> LabelSnapshot:
+    """Counts the labels of ``status`` through the GSI3 validation-status index, reading only the label
+    name and timestamp of each."""
+    client = client or aws.client("dynamodb")
+    tally = _Tally()
+    per_label: Counter[str] = Counter()
+    newest, newest_key = "", float("-inf")
+    for item in _pages(
+        client,
+        "query",
+        tally,
+        TableName=table,
+        IndexName="GSI3",
+        KeyConditionExpression="GSI3PK = :status",
+        ExpressionAttributeValues={":status": {"S": validation_status_gsi3pk(status)}},
+        ProjectionExpression="#label, timestamp_added",
+        ExpressionAttributeNames={"#label": "label"},
+    ):
+        per_label[str(item.get("label", ""))] += 1
+        stamp = str(item.get("timestamp_added", ""))
+        if _sortable(stamp) > newest_key:
+            newest, newest_key = stamp, _sortable(stamp)
+    return LabelSnapshot(status, sum(per_label.values()), newest, dict(sorted(per_label.items())), tally.items)

@@ -7,7 +7,7 @@ import pandas as pd
 from pydantic import Field
 
 from receipt_pipeline.core import word_table
-from receipt_pipeline.core.dynamo_reader import ReadOptions, read_receipt_words
+from receipt_pipeline.core.dynamo_reader import ReadOptions, label_snapshot, read_receipt_words
 from receipt_pipeline.core.sroie import read_sroie
 from receipt_pipeline.defs.resources import PipelineSettings
 
@@ -21,6 +21,29 @@ def _markdown_counts(counts: dict[str, int], key: str, value: str) -> str:
 
 def _column_schema() -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in word_table.SCHEMA])
+
+
+@dg.observable_source_asset(
+    name="receipts_table",
+    group_name=GROUP,
+    description="The users' DynamoDB table, observed: how many VALID labels it holds and the newest one's "
+    "time. Its data version changes when labels do, so everything trained on it shows as stale.",
+)
+def receipts_table(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.ObserveResult:
+    settings.require_aws()
+    snapshot = label_snapshot(settings.receipts_table)
+    return dg.ObserveResult(
+        data_version=dg.DataVersion(snapshot.version),
+        metadata={
+            "table": settings.receipts_table,
+            "valid_labels": snapshot.labels,
+            "newest_valid_label": snapshot.newest_timestamp,
+            "valid_labels_per_label": dg.MetadataValue.md(
+                _markdown_counts(snapshot.per_label, "label", "VALID labels")
+            ),
+            "items_evaluated": snapshot.items_evaluated,
+        },
+    )
 
 
 class RawReceiptWordsConfig(dg.Config):
@@ -43,6 +66,7 @@ class RawReceiptWordsConfig(dg.Config):
     group_name=GROUP,
     code_version="1",
     kinds={"dynamodb", "pandas"},
+    deps=["receipts_table"],
     description="Every word of every receipt with an accepted label, one row per word, boxes 0..1 with y down.",
 )
 def raw_receipt_words(

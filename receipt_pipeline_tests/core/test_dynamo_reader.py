@@ -4,7 +4,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from receipt_pipeline.core.dynamo_reader import ReadOptions, ReceiptReadError, read_receipt_words
+from receipt_pipeline.core.dynamo_reader import ReadOptions, ReceiptReadError, label_snapshot, read_receipt_words
 from receipt_pipeline.core.dynamo_schema import word_sk
 from receipt_pipeline.core.synthetic import expected_truth, iter_receipt_items, seed_synthetic
 from receipt_pipeline_tests.aws_faults import THROTTLE, FaultProxy
@@ -180,3 +180,29 @@ def test_a_seeded_table_round_trips_label_counts_and_flipped_coordinates(receipt
     first_lines = frame[frame["line_id"] == 1].groupby(["image_id", "receipt_id"])["y0"].mean()
     last_lines = frame.groupby(["image_id", "receipt_id"])["y0"].max()
     assert (first_lines < last_lines).all(), "line 1 is the top of the receipt once y points down"
+
+
+def test_the_label_snapshot_counts_valid_labels_and_finds_the_newest(receipts_table):
+    receipts, seed = 8, 3
+    seed_synthetic(receipts_table, receipts, seed)
+    valid = [
+        item
+        for item in iter_receipt_items(receipts, seed)
+        if item["TYPE"] == "RECEIPT_WORD_LABEL" and item["validation_status"] == "VALID"
+    ]
+
+    snapshot = label_snapshot(receipts_table)
+
+    assert snapshot.labels == len(valid) == sum(expected_truth(receipts, seed).valid_label_counts.values())
+    assert snapshot.per_label == dict(sorted(Counter(item["label"] for item in valid).items()))
+    assert snapshot.newest_timestamp == max(item["timestamp_added"] for item in valid)
+    assert label_snapshot(receipts_table).version == snapshot.version  # nothing changed, same version
+
+    image = valid[0]["PK"].removeprefix("IMAGE#")
+    put_items(receipts_table, [label_item(image, 1, 1, 1, "MERCHANT_NAME", when="2099-01-01T00:00:00")])
+    newer = label_snapshot(receipts_table)
+    assert newer.newest_timestamp == "2099-01-01T00:00:00" and newer.version != snapshot.version
+    pending = label_snapshot(receipts_table, status="PENDING")
+    assert pending.labels == sum(
+        1 for i in iter_receipt_items(receipts, seed) if i.get("validation_status") == "PENDING"
+    )

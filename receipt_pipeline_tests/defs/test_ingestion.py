@@ -141,6 +141,31 @@ def test_asset_keys_and_groups():
     assert {"raw_receipt_words", "sroie_receipts"} <= set(specs)
     assert all(len(spec.key.path) == 1 for spec in specs.values()), "groups, not key prefixes"
     assert specs["raw_receipt_words"].group_name == specs["sroie_receipts"].group_name == "ingestion"
+    assert specs["receipts_table"].group_name == "ingestion"
+    assert dg.AssetKey("receipts_table") in {dep.asset_key for dep in specs["raw_receipt_words"].deps}
+
+
+def test_observing_the_table_versions_its_valid_labels(receipts_table, tmp_path):
+    # dagster exports no top-level observe(); the in-process one lives here
+    from dagster._core.definitions.observe import observe as observe_assets
+
+    from receipt_pipeline_tests.dynamo_items import label_item, put_items
+
+    settings = _local_settings(tmp_path, receipts_table)
+    instance = dg.DagsterInstance.ephemeral()
+    put_items(receipts_table, [label_item("img-1", 1, 1, 1, "DATE", when="2026-02-01T00:00:00")])
+
+    def observe() -> tuple[str, dict]:
+        result = observe_assets([ingestion.receipts_table], resources=resources_for(settings), instance=instance)
+        [event] = result.asset_observations_for_node("receipts_table")
+        return event.tags["dagster/data_version"], {k: v.value for k, v in event.metadata.items()}
+
+    version, metadata = observe()
+    assert metadata["valid_labels"] == 1 and metadata["newest_valid_label"] == "2026-02-01T00:00:00"
+    assert observe()[0] == version
+    put_items(receipts_table, [label_item("img-1", 1, 1, 2, "DATE", when="2026-03-01T00:00:00")])
+    newer, metadata = observe()
+    assert newer != version and metadata["valid_labels"] == 2
 
 
 def test_sroie_receipts_reports_coverage_and_problems_as_metadata(tmp_path, shared_sroie_dir):
