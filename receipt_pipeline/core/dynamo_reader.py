@@ -114,20 +114,27 @@ def _pages(client, operation: str, tally: _Tally, **kwargs) -> Iterator[dict[str
 # ------------------------------------------------------------------------------------------ fetching
 
 
+def _labels_with_status(client, table: str, status: str, tally: _Tally, *attributes: str) -> Iterator[dict[str, Any]]:
+    """The labels of one validation status, through the GSI3 index, with only ``attributes`` read."""
+    names = {f"#a{i}": name for i, name in enumerate(attributes)}  # `label` is a reserved word
+    yield from _pages(
+        client,
+        "query",
+        tally,
+        TableName=table,
+        IndexName="GSI3",
+        KeyConditionExpression="GSI3PK = :status",
+        ExpressionAttributeValues={":status": {"S": validation_status_gsi3pk(status)}},
+        ProjectionExpression=", ".join(names),
+        ExpressionAttributeNames=names,
+    )
+
+
 def labelled_image_ids(client, table: str, statuses: Sequence[str], tally: _Tally) -> list[str]:
     """Images with at least one label in ``statuses``, through the GSI3 validation-status index."""
     image_ids: set[str] = set()
     for status in statuses:
-        for item in _pages(
-            client,
-            "query",
-            tally,
-            TableName=table,
-            IndexName="GSI3",
-            KeyConditionExpression="GSI3PK = :status",
-            ExpressionAttributeValues={":status": {"S": validation_status_gsi3pk(status)}},
-            ProjectionExpression="PK",
-        ):
+        for item in _labels_with_status(client, table, status, tally, "PK"):
             image_id = image_id_of(item.get("PK", ""))
             if image_id is not None:
                 image_ids.add(image_id)
@@ -383,17 +390,7 @@ def label_snapshot(table: str, status: str = "VALID", client=None) -> LabelSnaps
     tally = _Tally()
     per_label: Counter[str] = Counter()
     newest, newest_key = "", float("-inf")
-    for item in _pages(
-        client,
-        "query",
-        tally,
-        TableName=table,
-        IndexName="GSI3",
-        KeyConditionExpression="GSI3PK = :status",
-        ExpressionAttributeValues={":status": {"S": validation_status_gsi3pk(status)}},
-        ProjectionExpression="#label, timestamp_added",
-        ExpressionAttributeNames={"#label": "label"},
-    ):
+    for item in _labels_with_status(client, table, status, tally, "label", "timestamp_added"):
         per_label[str(item.get("label", ""))] += 1
         stamp = str(item.get("timestamp_added", ""))
         if _sortable(stamp) > newest_key:

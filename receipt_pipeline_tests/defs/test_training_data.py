@@ -140,20 +140,24 @@ def test_a_planted_leak_fails_the_blocking_check_and_stops_the_windows(materiali
     assert not result.asset_materializations_for_node("windowed_tensors")
 
 
+def _rematerialise_split(settings, instance, split_config: dict):
+    """bio_receipt_split again, alone, with this config, against the upstream already materialised."""
+    return dg.materialize(
+        ALL_ASSETS,
+        resources=resources_for(settings),
+        instance=instance,
+        selection=["bio_receipt_split"],
+        run_config={"ops": {"bio_receipt_split": {"config": split_config}}},
+    )
+
+
 def test_pinned_validation_keys_from_a_file_override_the_hash(materialised, tmp_path):
     result, settings, instance = materialised
     table = build_definitions(settings).load_asset_value("bio_receipt_split")
     train_keys = table.filter(pa.compute.equal(table.column("split"), "train")).column("key").to_pylist()[:3]
     pinned = tmp_path / "validation-keys.txt"
     pinned.write_text("# pinned by the labelling team\n" + "\n".join(train_keys) + "\nnot/a/receipt\n")
-    run_config = {"ops": {"bio_receipt_split": {"config": {"pinned_validation_file": str(pinned)}}}}
-    again = dg.materialize(
-        ALL_ASSETS,
-        resources=resources_for(settings),
-        instance=instance,
-        selection=["bio_receipt_split"],
-        run_config=run_config,
-    )
+    again = _rematerialise_split(settings, instance, {"pinned_validation_file": str(pinned)})
     metadata = _metadata(again, "bio_receipt_split")
     assert metadata["pinned_validation_keys"] == 4
     assert metadata["pinned_validation_keys_missing"] == ["not/a/receipt"]
@@ -164,14 +168,7 @@ def test_pinned_validation_keys_from_a_file_override_the_hash(materialised, tmp_
 
 def test_sroie_alone_is_a_valid_training_set(materialised):
     _, settings, instance = materialised
-    run_config = {"ops": {"bio_receipt_split": {"config": {"sources": ["sroie"]}}}}
-    result = dg.materialize(
-        ALL_ASSETS,
-        resources=resources_for(settings),
-        instance=instance,
-        selection=["bio_receipt_split"],
-        run_config=run_config,
-    )
+    result = _rematerialise_split(settings, instance, {"sources": ["sroie"]})
     metadata = _metadata(result, "bio_receipt_split")
     assert min(metadata["receipts_per_split"].values()) > 0
     assert metadata["labels"] == ["ADDRESS_LINE", "DATE", "GRAND_TOTAL", "MERCHANT_NAME"]

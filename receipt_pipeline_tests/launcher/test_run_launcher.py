@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 import uuid
 from pathlib import Path
 
@@ -250,7 +251,7 @@ def test_a_spot_interruption_checkpoints_and_the_retry_resumes_from_s3(
     assert interrupted.status == dg.DagsterRunStatus.FAILURE
     health = dagster_instance.run_launcher.check_run_worker_health(interrupted)
     assert health.status == WorkerStatus.FAILED and "spot interruption" in health.msg
-    saved = ec2_checkpoints(deployment["bucket"], run.run_id)
+    saved = synced_checkpoint_steps(deployment["bucket"], run.run_id)
     assert saved and max(saved) < steps, saved
 
     records = dagster_instance.get_run_records(dg.RunsFilter(run_ids=[run.run_id]))
@@ -274,7 +275,7 @@ def test_a_spot_interruption_checkpoints_and_the_retry_resumes_from_s3(
     assert storage.exists(f"s3://{deployment['bucket']}/runs/{run.run_id}/best/COMPLETE")
 
 
-def ec2_checkpoints(bucket: str, run_id: str) -> list[int]:
+def synced_checkpoint_steps(bucket: str, run_id: str) -> list[int]:
     """Steps of the complete checkpoints synced to S3 for a run."""
     listed = aws.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"runs/{run_id}/checkpoint-")
     return sorted(
@@ -285,8 +286,6 @@ def ec2_checkpoints(bucket: str, run_id: str) -> list[int]:
 
 
 def _wait_for(condition, timeout: float, agent: InstanceAgent) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
