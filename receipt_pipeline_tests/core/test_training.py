@@ -25,6 +25,19 @@ def small_manifest(tmp_path_factory):
     return manifest
 
 
+def test_the_collator_pads_every_tensor_to_the_longest_window_and_ignores_padding_in_the_loss():
+    features = [
+        {"input_ids": [101, 7, 102], "bbox": [[0, 0, 0, 0], [1, 2, 3, 4], [1000] * 4], "labels": [-100, 2, -100]},
+        {"input_ids": [101, 102], "bbox": [[0, 0, 0, 0], [1000] * 4], "labels": [-100, -100]},
+    ]
+    batch = training.WindowCollator(pad_token_id=0)(features)
+    assert batch["input_ids"].tolist() == [[101, 7, 102], [101, 102, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, 2, -100], [-100, -100, -100]]
+    assert batch["bbox"].shape == (2, 3, 4) and batch["bbox"][1, 2].tolist() == [0, 0, 0, 0]
+    assert training.WindowCollator(0, multiple_of=8)(features)["input_ids"].shape == (2, 8)
+
+
 def test_unset_batch_and_rate_follow_the_base_model_and_set_ones_are_kept():
     compact = TrainingOptions(base_model="compact").resolved()
     assert (compact.per_device_batch_size, compact.gradient_accumulation_steps, compact.learning_rate) == (4, 1, 2e-4)
@@ -48,6 +61,7 @@ def test_a_few_steps_make_the_loss_fall_and_leave_the_best_model_folder(small_ma
         n.endswith((".bin", ".pt", ".pth")) for n in names
     )
     assert json.loads((best / "label_map.json").read_text())["tags"] == small_manifest["tags"]
+    assert json.loads((best / "training_args.json").read_text())["train_sampling_strategy"] == "group_by_length"
     assert json.loads((best / "training_options.json").read_text())["learning_rate"] == 2e-4
     checkpoints = training.checkpoint_dirs(tmp_path / "run")
     assert checkpoints and all((c / COMPLETE_MARKER).is_file() for c in checkpoints)
