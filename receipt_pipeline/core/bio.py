@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ SCHEMA = pa.schema(
 )
 LABELS_METADATA_KEY = b"receipt_pipeline.labels"
 VERSION_METADATA_KEY = b"receipt_pipeline.content_hash"
+# JSON: what each source looked like when read (word_table.SNAPSHOT_ATTR), source -> snapshot
+SNAPSHOTS_METADATA_KEY = b"receipt_pipeline.source_snapshots"
 
 
 class SplitError(ValueError):
@@ -149,6 +152,11 @@ def build_split(words: Iterable[pd.DataFrame], options: SplitOptions | None = No
     """The split from word tables (see :mod:`word_table`), one row per receipt."""
     options = options or SplitOptions()
     frames = [frame for frame in words if len(frame)]
+    snapshots = {
+        str(frame["source"].iloc[0]): frame.attrs[word_table.SNAPSHOT_ATTR]
+        for frame in frames
+        if word_table.SNAPSHOT_ATTR in frame.attrs
+    }
     if not frames:
         raise SplitError("no words: every selected source is empty")
     frame = pd.concat(frames, ignore_index=True)
@@ -184,7 +192,13 @@ def build_split(words: Iterable[pd.DataFrame], options: SplitOptions | None = No
     labels = sorted(frame["label"].dropna().unique().tolist())
     table = table.replace_schema_metadata({LABELS_METADATA_KEY: ",".join(labels).encode()})
     version = content_hash(table)
-    table = table.replace_schema_metadata({**table.schema.metadata, VERSION_METADATA_KEY: version.encode()})
+    table = table.replace_schema_metadata(
+        {
+            **table.schema.metadata,
+            VERSION_METADATA_KEY: version.encode(),
+            SNAPSHOTS_METADATA_KEY: json.dumps(snapshots, sort_keys=True).encode(),
+        }
+    )
     pinned_missing = sorted(options.pinned_validation - set(receipt_keys))
     return SplitResult(
         table=table,
@@ -204,6 +218,12 @@ def labels_of(schema_metadata: Mapping[bytes, bytes] | None) -> list[str]:
     if raw is None:
         raise SplitError("this table carries no label list: it was not written by build_split")
     return [label for label in raw.decode().split(",") if label]
+
+
+def source_snapshots_of(schema_metadata: Mapping[bytes, bytes] | None) -> dict[str, dict]:
+    """What each source looked like when the split's words were read (empty for a split without any)."""
+    raw = (schema_metadata or {}).get(SNAPSHOTS_METADATA_KEY)
+    return json.loads(raw) if raw else {}
 
 
 def version_of(schema_metadata: Mapping[bytes, bytes] | None) -> str:

@@ -382,6 +382,17 @@ class LabelSnapshot:
         """Changes whenever a label of this status is added, removed or re-validated (a new timestamp)."""
         return f"{self.status}:{self.labels}:{self.newest_timestamp}"
 
+    def to_dict(self, table: str) -> dict[str, Any]:
+        """JSON-ready, with the table's name: what a checkpoint records of the data it was trained on."""
+        return {
+            "table": table,
+            "status": self.status,
+            "labels": self.labels,
+            "newest_timestamp": self.newest_timestamp,
+            "per_label": dict(self.per_label),
+            "version": self.version,
+        }
+
 
 def label_snapshot(table: str, status: str = "VALID", client=None) -> LabelSnapshot:
     """Counts the labels of ``status`` through the GSI3 validation-status index, reading only the label

@@ -74,6 +74,25 @@ def read_bytes(uri: str) -> bytes:
     return Path(uri).read_bytes()
 
 
+def delete(uri: str) -> None:
+    """Remove one file or object; nothing to remove is fine."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _s3().delete_object(Bucket=bucket, Key=key)
+        return
+    Path(uri).unlink(missing_ok=True)
+
+
+def copy(source: str, target: str) -> None:
+    """Copy one file or object; S3 to S3 is a server-side (multipart for large objects) copy."""
+    if is_s3(source) and is_s3(target):
+        source_bucket, source_key = split_s3(source)
+        bucket, key = split_s3(target)
+        _s3().copy({"Bucket": source_bucket, "Key": source_key}, bucket, key)
+        return
+    write_bytes(target, read_bytes(source))
+
+
 def exists(uri: str) -> bool:
     if is_s3(uri):
         bucket, key = split_s3(uri)

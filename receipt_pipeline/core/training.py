@@ -10,6 +10,7 @@ current step, it is synced, and :class:`TrainingInterrupted` is raised so the ru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from receipt_pipeline.core.windows import IGNORE_INDEX, WindowSet
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
+WEIGHTS_FILE = "model.safetensors"
 # Defaults follow the base model. LayoutLM-base keeps the earlier system's settings. The compact model
 # wants a higher rate and more, smaller steps: on SROIE at the same epochs, batch 8 x 4 at 1e-4 scored
 # field F1 0.60 and 4 x 1 at 2e-4 scored 0.85; batch 4 is also faster on CPU (BENCHMARKS.md).
@@ -368,3 +370,12 @@ def train(
         evaluations=progress.evaluations + ([{"removed_incomplete_checkpoints": removed}] if removed else []),
         hyperparameters=hyperparameters,
     )
+
+
+def weights_digest(model_dir: str | Path) -> str:
+    """The sha256 of a saved model's weights: the checkpoint's data version, the same wherever it is copied."""
+    digest = hashlib.sha256()
+    with open(Path(model_dir) / WEIGHTS_FILE, "rb") as weights:
+        for block in iter(lambda: weights.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:24]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
@@ -30,6 +31,10 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = SCHEMA.names
+ORDER = ["source", "image_id", "receipt_id", "line_id", "word_id"]
+# DataFrame.attrs key (kept in the parquet file by pandas) for what the source looked like when it was
+# read, e.g. the table's VALID label count and newest label: the split and the checkpoint pass it on
+SNAPSHOT_ATTR = "source_snapshot"
 
 
 def to_frame(columns: Mapping[str, Sequence]) -> pd.DataFrame:
@@ -48,3 +53,13 @@ def empty_frame() -> pd.DataFrame:
 def column_schema_markdown() -> str:
     rows = "\n".join(f"| `{field.name}` | `{field.type}` |" for field in SCHEMA)
     return "| column | type |\n|---|---|\n" + rows
+
+
+def content_hash(frame: pd.DataFrame) -> str:
+    """A hash of the rows, independent of their order: the data version of a source asset."""
+    rows = frame.sort_values(ORDER, kind="stable").reset_index(drop=True)
+    table = pa.Table.from_pandas(rows[COLUMNS], schema=SCHEMA, preserve_index=False).replace_schema_metadata()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, SCHEMA) as writer:
+        writer.write_table(table.combine_chunks())
+    return hashlib.sha256(sink.getvalue()).hexdigest()[:24]

@@ -7,11 +7,12 @@ import pandas as pd
 from pydantic import Field
 
 from receipt_pipeline.core import word_table
-from receipt_pipeline.core.dynamo_reader import ReadOptions, label_snapshot, read_receipt_words
+from receipt_pipeline.core.dynamo_reader import LabelSnapshot, ReadOptions, label_snapshot, read_receipt_words
 from receipt_pipeline.core.sroie import read_sroie
 from receipt_pipeline.defs.resources import PipelineSettings
 
 GROUP = "ingestion"
+TABLE_KEY = dg.AssetKey("receipts_table")
 
 
 def _markdown_counts(counts: dict[str, int], key: str, value: str) -> str:
@@ -23,27 +24,36 @@ def _column_schema() -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in word_table.SCHEMA])
 
 
-@dg.observable_source_asset(
-    name="receipts_table",
-    group_name=GROUP,
-    description="The users' DynamoDB table, observed: how many VALID labels it holds and the newest one's "
-    "time. Its data version changes when labels do, so everything trained on it shows as stale.",
+@dg.multi_observable_source_asset(
+    specs=[
+        dg.AssetSpec(
+            TABLE_KEY,
+            group_name=GROUP,
+            code_version="1",
+            kinds={"dynamodb"},
+            description="The users' DynamoDB table, observed: how many VALID labels it holds and the newest "
+            "one's time. Its data version changes when labels do, so everything trained on it shows as stale.",
+        )
+    ],
 )
 def receipts_table(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.ObserveResult:
     settings.require_aws()
     snapshot = label_snapshot(settings.receipts_table)
     return dg.ObserveResult(
+        asset_key=TABLE_KEY,
         data_version=dg.DataVersion(snapshot.version),
-        metadata={
-            "table": settings.receipts_table,
-            "valid_labels": snapshot.labels,
-            "newest_valid_label": snapshot.newest_timestamp,
-            "valid_labels_per_label": dg.MetadataValue.md(
-                _markdown_counts(snapshot.per_label, "label", "VALID labels")
-            ),
-            "items_evaluated": snapshot.items_evaluated,
-        },
+        metadata=snapshot_metadata(snapshot, settings.receipts_table),
     )
+
+
+def snapshot_metadata(snapshot: LabelSnapshot, table: str) -> dict[str, object]:
+    return {
+        "table": table,
+        "valid_labels": snapshot.labels,
+        "newest_valid_label": snapshot.newest_timestamp,
+        "valid_labels_per_label": dg.MetadataValue.md(_markdown_counts(snapshot.per_label, "label", "VALID labels")),
+        "items_evaluated": snapshot.items_evaluated,
+    }
 
 
 class RawReceiptWordsConfig(dg.Config):
@@ -64,9 +74,9 @@ class RawReceiptWordsConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP,
-    code_version="1",
+    code_version="2",
     kinds={"dynamodb", "pandas"},
-    deps=["receipts_table"],
+    deps=[TABLE_KEY],
     description="Every word of every receipt with an accepted label, one row per word, boxes 0..1 with y down.",
 )
 def raw_receipt_words(
@@ -82,14 +92,20 @@ def raw_receipt_words(
         strategy=config.strategy,
         max_bad_share=config.max_bad_share,
     )
+    # taken before the read, so a label written during it counts as new at the next retrain decision
+    snapshot = label_snapshot(options.table)
     result = read_receipt_words(options)
     if result.skipped_total:
         context.log.warning(f"skipped {result.skipped_total} bad items in {result.table}: {dict(result.skipped)}")
     frame = result.frame
+    frame.attrs[word_table.SNAPSHOT_ATTR] = snapshot.to_dict(options.table)
     return dg.Output(
         frame,
+        data_version=dg.DataVersion(word_table.content_hash(frame)),
         metadata={
             "table": result.table,
+            "table_valid_labels": snapshot.labels,
+            "table_newest_valid_label": snapshot.newest_timestamp,
             "strategy": result.strategy,
             "receipts": result.receipts,
             "words": len(frame),
@@ -144,4 +160,4 @@ def sroie_receipts(
         "dagster/column_schema": _column_schema(),
     }
     metadata.update({f"coverage/{name}": float(share) for name, share in result.coverage.items()})
-    return dg.Output(frame, metadata=metadata)
+    return dg.Output(frame, data_version=dg.DataVersion(word_table.content_hash(frame)), metadata=metadata)

@@ -24,6 +24,13 @@ class PipelineSettings(dg.ConfigurableResource):
     artifact_root: str
     sroie_dir: str | None = None
     base_model: str = "compact"
+    max_train_minutes: float | None = None
+    promotion_tolerance: float = 0.01
+
+    @property
+    def production_model_root(self) -> str:
+        """Where the production model lives: s3://<bucket>/models/production in prod, a folder locally."""
+        return storage.join(self.artifact_root, "models", "production")
 
     @classmethod
     def from_deployment(cls, settings: DeploymentSettings) -> PipelineSettings:
@@ -34,6 +41,8 @@ class PipelineSettings(dg.ConfigurableResource):
             artifact_root=settings.artifact_root,
             sroie_dir=settings.sroie_dir,
             base_model=settings.base_model,
+            max_train_minutes=settings.max_train_minutes,
+            promotion_tolerance=settings.promotion_tolerance,
         )
 
     def require_aws(self) -> None:

@@ -1,6 +1,7 @@
 """The trained checkpoint and its evaluation report."""
 
 import datetime as dt
+import hashlib
 import json
 import os
 import tempfile
@@ -10,11 +11,11 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from receipt_pipeline.core import bio, storage
+from receipt_pipeline.core import bio, storage, word_table
 from receipt_pipeline.core.checkpoint_store import CheckpointSync, restore_latest
 from receipt_pipeline.core.evaluation import confusion_png, evaluate
 from receipt_pipeline.core.sroie import read_sroie
-from receipt_pipeline.core.training import TrainingOptions, train
+from receipt_pipeline.core.training import TrainingOptions, train, weights_digest
 from receipt_pipeline.defs.resources import PipelineSettings
 from receipt_pipeline.launcher import ec2, tags
 
@@ -43,7 +44,12 @@ class LayoutLMCheckpointConfig(dg.Config):
     augment: bool = Field(default=False, description="Rotate, scale and jitter train boxes as they are read.")
     max_steps: int = Field(default=-1, description="Stop after this many optimizer steps; -1: epochs decide.")
     eval_steps: int | None = Field(default=None, ge=1, description="Evaluate and save every N steps, not epochs.")
-    max_train_minutes: float | None = Field(default=None, gt=0, description="Stop, after a save, past this time.")
+    max_train_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="Stop, after a save, past this time; default: the deployment's budget "
+        "(2.5 minutes locally, none in prod; RECEIPT_PIPELINE_MAX_TRAIN_MINUTES).",
+    )
     run_name: str | None = Field(
         default=None, description="The run folder's name; default: the Dagster run's root id, so retries resume."
     )
@@ -59,7 +65,7 @@ def _run_dir(settings: PipelineSettings, run_name: str) -> tuple[Path, str | Non
 
 @dg.asset(
     group_name=TRAINING_GROUP,
-    code_version="1",
+    code_version="2",
     kinds={"pytorch", "huggingface"},
     tags={tags.GPU: "true"},
     # the prod instance limits this pool (concurrency > pools, granularity run), so runs that train wait in
@@ -87,6 +93,7 @@ def layoutlm_checkpoint(
         restored = restore_latest(run_uri, run_dir)
         if restored:
             context.log.info(f"resuming from {run_uri}/{restored.name}")
+    budget_minutes = config.max_train_minutes or settings.max_train_minutes
     options = TrainingOptions(
         base_model=source,
         epochs=config.epochs,
@@ -103,7 +110,7 @@ def layoutlm_checkpoint(
         augment=config.augment,
         max_steps=config.max_steps,
         eval_steps=config.eval_steps,
-        max_train_seconds=config.max_train_minutes * 60 if config.max_train_minutes else None,
+        max_train_seconds=budget_minutes * 60 if budget_minutes else None,
     )
 
     def log_evaluation(record: dict) -> None:
@@ -113,15 +120,26 @@ def layoutlm_checkpoint(
     result = train(manifest, run_dir, options, on_evaluate=log_evaluation, sync=sync)
     path = storage.join(run_uri, "best") if run_uri else result.best_dir
     gpu = _gpu_instance_metadata(context.run.tags)
+    version = weights_digest(result.best_dir)
+    lineage = {
+        "windowed_tensors_version": manifest["folder"].rstrip("/").rsplit("/", 1)[-1],
+        "bio_receipt_split_version": manifest.get("split_content_hash", ""),
+        "source_snapshots": manifest.get("source_snapshots", {}),
+    }
     value = {
         "path": path,
         "run": run_name,
+        "version": version,
+        "dagster_run_id": context.run.run_id,
         "tags": manifest["tags"],
         "labels": manifest["labels"],
         "best_validation_f1": result.best_f1,
+        **lineage,
     }
+    table = lineage["source_snapshots"].get(word_table.SOURCE_DYNAMO)
     return dg.Output(
         value,
+        data_version=dg.DataVersion(version),
         metadata={
             "path": dg.MetadataValue.path(path),
             "run": run_name,
@@ -137,11 +155,33 @@ def layoutlm_checkpoint(
             "resumed_from": result.resumed_from or "",
             "hyperparameters": dg.MetadataValue.json(result.hyperparameters),
             "evaluations": dg.MetadataValue.json(result.evaluations),
-            "windowed_tensors_version": manifest["folder"].rstrip("/").rsplit("/", 1)[-1],
-            "bio_receipt_split_version": manifest.get("split_content_hash", ""),
+            "weights_sha256": version,
+            "windowed_tensors_version": lineage["windowed_tensors_version"],
+            "bio_receipt_split_version": lineage["bio_receipt_split_version"],
+            # the table as it was read for this model's data: the retrain sensor counts labels since
+            **(_table_snapshot_metadata(table) if table else {}),
             **gpu,
         },
     )
+
+
+def _table_snapshot_metadata(snapshot: dict) -> dict:
+    return {
+        "table": snapshot["table"],
+        "table_valid_labels": snapshot["labels"],
+        "table_newest_valid_label": snapshot["newest_timestamp"],
+        "table_valid_labels_per_label": dg.MetadataValue.json(snapshot["per_label"]),
+    }
+
+
+def _checkpoint_reference(checkpoint: dict) -> dict:
+    """What a report or a promotion says of the checkpoint it used: enough to find it and its data."""
+    keys = ("path", "run", "version", "dagster_run_id", "windowed_tensors_version", "bio_receipt_split_version")
+    return {key: checkpoint.get(key, "") for key in keys} | {"source_snapshots": checkpoint.get("source_snapshots", {})}
+
+
+def _digest(document: dict) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def _gpu_instance_metadata(run_tags: dict[str, str]) -> dict:
@@ -173,7 +213,7 @@ class EvaluationReportConfig(dg.Config):
 
 @dg.asset(
     group_name=EVALUATION_GROUP,
-    code_version="1",
+    code_version="2",
     kinds={"seqeval"},
     description="Entity-level (seqeval strict IOB2) and SROIE field-level scores of the checkpoint on the "
     "test windows, with a confusion matrix; Markdown, JSON and PNG.",
@@ -201,8 +241,9 @@ def evaluation_report(
         sroie_labels=config.sroie_labels,
     )
     folder = storage.join(settings.artifact_root, "reports", context.run.run_id)
+    document = {**report.to_dict(), "checkpoint": _checkpoint_reference(layoutlm_checkpoint)}
     storage.write_bytes(storage.join(folder, "report.md"), report.markdown().encode())
-    storage.write_bytes(storage.join(folder, "report.json"), json.dumps(report.to_dict(), indent=2).encode())
+    storage.write_bytes(storage.join(folder, "report.json"), json.dumps(document, indent=2).encode())
     import numpy as np
 
     png = confusion_png(report.confusion_labels, np.asarray(report.confusion))
@@ -217,7 +258,9 @@ def evaluation_report(
             change["entity_f1_change"] = headline["entity_f1"] - float(before.value)
     context.log.info(f"evaluation of {layoutlm_checkpoint['path']}: {json.dumps(headline)}")
     return dg.Output(
-        {**report.to_dict(), "report_folder": folder},
+        {**document, "report_folder": folder, "dagster_run_id": context.run.run_id},
+        # the same checkpoint scored on the same windows gives the same report
+        data_version=dg.DataVersion(_digest(report.to_dict())),
         metadata={
             **headline,
             **change,
@@ -226,6 +269,7 @@ def evaluation_report(
             "confusion_matrix": dg.MetadataValue.path(storage.join(folder, "confusion.png")),
             "checkpoint": dg.MetadataValue.path(layoutlm_checkpoint["path"]),
             "checkpoint_run": layoutlm_checkpoint["run"],
+            "checkpoint_version": layoutlm_checkpoint.get("version", ""),
             "receipts": report.receipts,
             "windows": report.windows,
         },

@@ -150,7 +150,7 @@ class WindowedTensorsConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP,
-    code_version="1",
+    code_version="2",
     kinds={"safetensors"},
     description="Tokenised 512-token windows with 0..1000 boxes and first-sub-token labels, in safetensors "
     "shards per split; the stored value is the manifest that names them.",
@@ -188,6 +188,7 @@ def windowed_tensors(
             settings={
                 "tokenizer": {"base_model": source, "fingerprint": fingerprint, "class": type(tokenizer).__name__},
                 "split_content_hash": split_version,
+                "source_snapshots": bio.source_snapshots_of(schema_metadata),
             },
         )
     words_cut = sum(s.words_cut for s in stats.values())

@@ -8,9 +8,11 @@ import dagster as dg
 import pytest
 
 from receipt_pipeline.core import storage
+from receipt_pipeline.core.dynamo_reader import label_snapshot
 from receipt_pipeline.core.settings import DeploymentSettings
+from receipt_pipeline.core.training import weights_digest
 from receipt_pipeline.definitions import build_definitions
-from receipt_pipeline.defs import ingestion, training, training_data
+from receipt_pipeline.defs import ingestion, promotion, training, training_data
 from receipt_pipeline.defs.resources import resources_for
 from receipt_pipeline_tests.conftest import seeded_receipts_table
 from receipt_pipeline_tests.defs.test_ingestion import _local_settings, _metadata
@@ -24,6 +26,7 @@ SIX = [
     training.layoutlm_checkpoint,
     training.evaluation_report,
 ]
+WITH_PROMOTION = [*SIX, promotion.production_model, promotion.f1_not_below_production]
 SHORT_TRAINING = {
     "ops": {
         "layoutlm_checkpoint": {
@@ -48,7 +51,9 @@ def sroie_dir(shared_sroie_dir, tmp_path_factory):
 def local_run(seeded_table, sroie_dir, tmp_path_factory):
     settings = _local_settings(tmp_path_factory.mktemp("local"), seeded_table, sroie_dir=str(sroie_dir))
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(SIX, resources=resources_for(settings), instance=instance, run_config=SHORT_TRAINING)
+    result = dg.materialize(
+        WITH_PROMOTION, resources=resources_for(settings), instance=instance, run_config=SHORT_TRAINING
+    )
     return result, settings, instance
 
 
@@ -74,6 +79,103 @@ def test_the_six_assets_materialise_and_the_checkpoint_names_its_inputs(local_ru
     graph = build_definitions(settings).resolve_asset_graph()
     parents = {key.to_user_string() for key in graph.get(dg.AssetKey("evaluation_report")).parent_keys}
     assert {"layoutlm_checkpoint", "windowed_tensors"} <= parents, "the report's lineage names the model it scored"
+
+
+def test_every_asset_has_a_code_version_and_each_materialisation_a_data_version(local_run):
+    result, settings, _ = local_run
+    graph = build_definitions(settings).resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).code_version, f"{key.to_user_string()} has no code version"
+    materialised = {event.asset_key.to_user_string(): event for event in result.get_asset_materialization_events()}
+    assert set(materialised) == {asset.key.to_user_string() for asset in WITH_PROMOTION[:-1]}
+    for name, event in materialised.items():
+        tags = event.materialization.tags or {}
+        assert tags.get("dagster/data_version_is_user_provided") == "true", f"{name}: no data version of its own"
+    checkpoint = _metadata(result, "layoutlm_checkpoint")
+    versions = {name: event.materialization.tags["dagster/data_version"] for name, event in materialised.items()}
+    assert versions["layoutlm_checkpoint"] == checkpoint["weights_sha256"] == weights_digest(checkpoint["path"])
+    assert versions["production_model"] == versions["layoutlm_checkpoint"], "production is that checkpoint"
+
+
+def test_the_checkpoint_records_the_table_snapshot_and_the_report_names_the_checkpoint(local_run, seeded_table):
+    result, _, _ = local_run
+    checkpoint = _metadata(result, "layoutlm_checkpoint")
+    table = label_snapshot(seeded_table)
+    assert checkpoint["table"] == seeded_table
+    assert checkpoint["table_valid_labels"] == table.labels > 0
+    assert checkpoint["table_newest_valid_label"] == table.newest_timestamp
+    assert checkpoint["table_valid_labels_per_label"] == table.per_label
+    report = _metadata(result, "evaluation_report")
+    assert report["checkpoint_version"] == checkpoint["weights_sha256"]
+    assert report["checkpoint_run"] == checkpoint["run"] and report["checkpoint"] == checkpoint["path"]
+    document = json.loads(storage.read_bytes(storage.join(report["report_folder"], "report.json")))
+    assert document["checkpoint"]["version"] == checkpoint["weights_sha256"]
+    assert document["checkpoint"]["source_snapshots"]["dynamo"]["labels"] == table.labels
+
+
+def test_the_first_model_is_promoted_with_links_to_its_run_data_and_report(local_run):
+    result, settings, instance = local_run
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == promotion.CHECK_F1]
+    assert check.passed
+    production = _metadata(result, "production_model")
+    checkpoint = _metadata(result, "layoutlm_checkpoint")
+    root = storage.join(settings.artifact_root, "models", "production")
+    assert production["path"] == root
+    assert weights_digest(root) == checkpoint["weights_sha256"], "the production folder holds the checkpoint's weights"
+    [checkpoint_event] = result.asset_materializations_for_node("layoutlm_checkpoint")
+    training_run = instance.get_run_by_id(production["training_run"])
+    assert training_run is not None and training_run.run_id == result.run_id
+    assert storage.exists(production["report"])
+    assert production["entity_f1"] == _metadata(result, "evaluation_report")["entity_f1"]
+    assert production["windowed_tensors_version"] == checkpoint["windowed_tensors_version"]
+    assert production["table_valid_labels"] == checkpoint["table_valid_labels"]
+    manifest = json.loads(storage.read_bytes(storage.join(root, "production.json")))
+    assert manifest["checkpoint"]["version"] == checkpoint["weights_sha256"]
+    assert manifest["checkpoint"]["path"] == checkpoint["path"]
+    assert "model.safetensors" in manifest["files"] and "label_map.json" in manifest["files"]
+    assert checkpoint_event.tags["dagster/data_version"] == checkpoint["weights_sha256"]
+
+
+def test_a_model_worse_than_production_by_more_than_the_tolerance_is_not_promoted(local_run):
+    _, settings, instance = local_run
+    root = storage.join(settings.artifact_root, "models", "production")
+    manifest_uri = storage.join(root, "production.json")
+    promoted = storage.read_bytes(manifest_uri)
+    manifest = json.loads(promoted)
+    try:
+        # production as if it scored more than the tolerance above this model, then less than it above
+        report_f1 = manifest["scores"]["entity_f1"]
+        tolerance = settings.promotion_tolerance
+        for lead, promoted_again in ((tolerance + 0.05, False), (tolerance / 2, True)):
+            manifest["scores"]["entity_f1"] = report_f1 + lead
+            storage.write_bytes(manifest_uri, json.dumps(manifest).encode())
+            result = dg.materialize(
+                WITH_PROMOTION,
+                resources=resources_for(settings),
+                instance=instance,
+                selection=["evaluation_report", "production_model"],
+                raise_on_error=False,
+            )
+            [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == promotion.CHECK_F1]
+            assert check.passed is promoted_again, check.description
+            promoted_events = result.asset_materializations_for_node("production_model")
+            assert bool(promoted_events) is promoted_again
+            if not promoted_again:
+                assert "below the production model's" in check.description
+                kept = json.loads(storage.read_bytes(manifest_uri))
+                assert kept["scores"]["entity_f1"] == report_f1 + lead, "the production model was left alone"
+    finally:
+        storage.write_bytes(manifest_uri, promoted)
+
+
+def test_production_model_refuses_a_report_of_another_checkpoint(local_run):
+    _, settings, _ = local_run
+    report = {"checkpoint": {"version": "something-else"}, "entity_f1": 1.0, "report_folder": "/nowhere"}
+    context = dg.build_asset_context(resources={"settings": resources_for(settings)["settings"]})
+    with pytest.raises(dg.Failure, match="scored checkpoint 'something-else'"):
+        promotion.production_model(
+            context, layoutlm_checkpoint={"version": "v1", "path": "/x"}, evaluation_report=report
+        )
 
 
 def test_the_report_has_entity_and_field_scores_a_markdown_a_json_and_a_png(local_run):

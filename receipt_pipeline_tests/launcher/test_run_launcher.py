@@ -23,7 +23,7 @@ from dagster._daemon.monitoring.run_monitoring import monitor_started_run
 from receipt_pipeline.core import aws, storage
 from receipt_pipeline.core.settings import DeploymentSettings
 from receipt_pipeline.definitions import build_definitions
-from receipt_pipeline.defs import gpu_instances, ingestion, training_data
+from receipt_pipeline.defs import gpu_instances, ingestion, retraining, training_data
 from receipt_pipeline.defs.resources import resources_for
 from receipt_pipeline.launcher import ec2, tags
 from receipt_pipeline.launcher.user_data import read_run_spec
@@ -120,12 +120,22 @@ def upstream(deployment, dagster_instance):
     return settings
 
 
-def _create_run(instance, workspace, assets: list[str], run_config: dict | None = None, run_tags: dict | None = None):
+def _create_run(
+    instance,
+    workspace,
+    assets: list[str] | None,
+    run_config: dict | None = None,
+    run_tags: dict | None = None,
+    job: str = "__ASSET_JOB",
+):
+    """A run of ``assets`` of the implicit asset job, or (assets None) of the whole of ``job``."""
     location = workspace.create_request_context().get_code_location("receipt_pipeline")
-    remote_job = location.get_repository("__repository__").get_full_job("__ASSET_JOB")
+    remote_job = location.get_repository("__repository__").get_full_job(job)
+    definitions = build_definitions()
+    job_def = definitions.resolve_implicit_global_asset_job_def() if assets else definitions.resolve_job_def(job)
     return instance.create_run_for_job(
-        job_def=build_definitions().resolve_implicit_global_asset_job_def(),
-        asset_selection={dg.AssetKey(asset) for asset in assets},
+        job_def=job_def,
+        asset_selection={dg.AssetKey(asset) for asset in assets} if assets else None,
         run_config=run_config,
         tags=run_tags,
         remote_job_origin=remote_job.get_remote_origin(),
@@ -195,6 +205,35 @@ def test_a_training_run_starts_a_spot_gpu_instance_and_a_data_run_does_not(deplo
         assert launcher.terminate(launched.run_id) is True
         assert ec2.instance_status(client, launched.tags[tags.INSTANCE_ID]).state == "terminated"
         assert dagster_instance.get_run_by_id(launched.run_id).status == dg.DagsterRunStatus.CANCELING
+
+
+def test_a_data_refresh_runs_here_and_the_training_it_triggers_gets_a_gpu_instance(
+    deployment, dagster_instance, workspace
+):
+    data_run = _create_run(
+        dagster_instance, workspace, None, job="refresh_training_data", run_tags={retraining.TRIGGER_TAG: "schedule"}
+    )
+    data_run = poll_for_finished_run(dagster_instance, _launch(dagster_instance, workspace, data_run).run_id, 240)
+    assert data_run.status == dg.DagsterRunStatus.SUCCESS
+    assert tags.INSTANCE_ID not in data_run.tags and instance_ids_for_run(data_run.run_id) == []
+    observed = dagster_instance.get_latest_data_version_record(dg.AssetKey("receipts_table"))
+    assert observed is not None and observed.run_id == data_run.run_id
+
+    [success] = dagster_instance.all_logs(data_run.run_id, of_type=DagsterEventType.RUN_SUCCESS)
+    context = dg.build_run_status_sensor_context(
+        sensor_name=retraining.train_after_data_refresh.name,
+        dagster_event=success.dagster_event,
+        dagster_instance=dagster_instance,
+        dagster_run=data_run,
+    )
+    request = retraining.train_after_data_refresh(context)
+    assert request.run_key == data_run.run_id
+    assert request.tags == {retraining.DATA_RUN_TAG: data_run.run_id, retraining.TRIGGER_TAG: "schedule"}
+
+    training = _create_run(dagster_instance, workspace, None, job="train_evaluate_promote", run_tags=request.tags)
+    training = _launch(dagster_instance, workspace, training)
+    assert instance_ids_for_run(training.run_id) == [training.tags[tags.INSTANCE_ID]]
+    assert dagster_instance.run_launcher.terminate(training.run_id) is True
 
 
 def test_run_monitoring_fails_a_started_run_whose_spot_instance_was_reclaimed(dagster_instance, workspace):

@@ -1,0 +1,106 @@
+"""The production model: promoted from the checkpoint its report scored, behind a blocking F1 check."""
+
+import dagster as dg
+
+from receipt_pipeline.core import promotion, storage
+from receipt_pipeline.defs.resources import PipelineSettings
+
+GROUP = "promotion"
+CHECK_F1 = "f1_not_below_production"
+
+
+def _decision(settings: PipelineSettings, report: dict) -> promotion.Decision:
+    current = promotion.current_production(settings.production_model_root)
+    return promotion.decide(float(report[promotion.METRIC]), current, settings.promotion_tolerance)
+
+
+@dg.asset_check(
+    asset="evaluation_report",
+    name=CHECK_F1,
+    blocking=True,
+    description="The report's entity F1 is not lower than the production model's by more than the deployment's "
+    "tolerance (RECEIPT_PIPELINE_PROMOTION_TOLERANCE); blocks production_model when it is.",
+)
+def f1_not_below_production(settings: PipelineSettings, evaluation_report: dict) -> dg.AssetCheckResult:
+    decision = _decision(settings, evaluation_report)
+    return dg.AssetCheckResult(
+        passed=decision.passed,
+        description=decision.reason,
+        metadata={
+            "candidate_f1": decision.candidate_f1,
+            "production_f1": decision.production_f1 if decision.production_f1 is not None else float("nan"),
+            "tolerance": decision.tolerance,
+            "checkpoint_version": evaluation_report.get("checkpoint", {}).get("version", ""),
+        },
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version="1",
+    kinds={"s3", "huggingface"},
+    description="The model in production: the checkpoint copied to models/production (S3 in prod, a folder "
+    "locally) when its F1 passes f1_not_below_production, with production.json naming its run, data and report.",
+)
+def production_model(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    layoutlm_checkpoint: dict,
+    evaluation_report: dict,
+) -> dg.Output[dict]:
+    scored = evaluation_report.get("checkpoint", {}).get("version")
+    if scored != layoutlm_checkpoint["version"]:
+        raise dg.Failure(
+            f"the evaluation report scored checkpoint {scored!r}, not {layoutlm_checkpoint['version']!r} "
+            f"({layoutlm_checkpoint['path']}): materialise evaluation_report first"
+        )
+    # the blocking check stops this asset in the run that scored the model; this covers a run without the check
+    decision = _decision(settings, evaluation_report)
+    if not decision.passed:
+        raise dg.Failure(f"not promoted: {decision.reason}")
+    root = settings.production_model_root
+    report_folder = evaluation_report["report_folder"]
+    manifest = promotion.promote(
+        layoutlm_checkpoint["path"],
+        root,
+        {
+            "checkpoint": evaluation_report["checkpoint"],
+            "scores": {name: evaluation_report.get(name) for name in ("entity_f1", "field_f1")},
+            "report": {"folder": report_folder, "dagster_run_id": evaluation_report.get("dagster_run_id", "")},
+            "previous": decision.production_f1,
+            "promoted_by_dagster_run_id": context.run.run_id,
+        },
+    )
+    context.log.info(f"promoted {layoutlm_checkpoint['path']} to {root}: {decision.reason}")
+    checkpoint = evaluation_report["checkpoint"]
+    table = checkpoint.get("source_snapshots", {}).get("dynamo")
+    links = {
+        "training_run": dg.MetadataValue.dagster_run(checkpoint["dagster_run_id"])
+        if checkpoint.get("dagster_run_id")
+        else "",
+        "report_run": dg.MetadataValue.dagster_run(evaluation_report["dagster_run_id"])
+        if evaluation_report.get("dagster_run_id")
+        else "",
+    }
+    return dg.Output(
+        {**manifest, "path": root},
+        data_version=dg.DataVersion(layoutlm_checkpoint["version"]),
+        metadata={
+            "path": dg.MetadataValue.path(root),
+            "checkpoint": dg.MetadataValue.path(layoutlm_checkpoint["path"]),
+            "checkpoint_version": layoutlm_checkpoint["version"],
+            **{name: value for name, value in links.items() if value},
+            "report": dg.MetadataValue.path(storage.join(report_folder, "report.md")),
+            "entity_f1": float(evaluation_report["entity_f1"]),
+            **({"field_f1": float(field_f1)} if (field_f1 := evaluation_report.get("field_f1")) is not None else {}),
+            "previous_production_f1": decision.production_f1 if decision.production_f1 is not None else float("nan"),
+            "tolerance": decision.tolerance,
+            "windowed_tensors_version": checkpoint.get("windowed_tensors_version", ""),
+            "bio_receipt_split_version": checkpoint.get("bio_receipt_split_version", ""),
+            **(
+                {"table_valid_labels": table["labels"], "table_newest_valid_label": table["newest_timestamp"]}
+                if table
+                else {}
+            ),
+        },
+    )
