@@ -10,7 +10,7 @@ export RECEIPT_PIPELINE_DATA_DIR ?= $(CURDIR)/.data
 export SROIE_DIR ?= $(abspath $(CURDIR)/../shared/data/sroie)
 LOCAL_AWS_PORT ?= 5466
 
-.PHONY: install demo test dev bench lint wheel clean
+.PHONY: install browser demo test dev bench lint wheel clean
 
 install: $(STAMP)
 
@@ -28,7 +28,14 @@ demo: install
 dev: install
 	$(BIN)/receipt-pipeline dev --port $(LOCAL_AWS_PORT)
 
-test: install
+# the UI test drives Debian's chromium; installed as root (CI) when missing, else that test says how
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "chromium not installed: run 'sudo apt-get install chromium chromium-driver' for the UI test"
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 bench: install
@@ -42,4 +49,4 @@ lint: install
 	$(BIN)/ruff check receipt_pipeline receipt_pipeline_tests
 
 clean:
-	rm -rf $(VENV) .data .dagster_home dist
+	rm -rf $(VENV) .data .dagster_home dist test-artifacts
