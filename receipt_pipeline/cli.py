@@ -204,6 +204,11 @@ def demo(port: int, receipts: int, seed: int) -> None:
         if document.get("field_f1") is not None:
             figures += f", SROIE field F1 {document['field_f1']:.3f}"
         click.echo(f"Report: {folder / 'report.md'} ({figures}; also report.json and confusion.png there)")
+    production = assets / "production_model.json"
+    if production.is_file():
+        click.echo(f"Production model: {json.loads(production.read_text())['path']} (production.json says what it is)")
+    else:
+        click.echo("Production model: not promoted (see the f1_not_below_production check in the run's log)")
     click.echo(f"Run history: {home} (browse it with `make dev`)")
 
 
