@@ -36,6 +36,9 @@ class DeploymentSettings:
     retrain_min_new_labels: int = DEFAULT_RETRAIN_MIN_NEW_LABELS
     # promotion: how much lower than the production model's F1 a new model's may be
     promotion_tolerance: float = DEFAULT_PROMOTION_TOLERANCE
+    # the sweeps' Optuna study: SQLite beside the artifacts locally; the prod Postgres (a URL with its
+    # password, so from the environment or a secret, never from config files)
+    optuna_storage: str | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> DeploymentSettings:
@@ -56,6 +59,7 @@ class DeploymentSettings:
                 # CPU runs: the compact model ships with a package, no download needed
                 base_model=env.get("RECEIPT_PIPELINE_BASE_MODEL", "compact"),
                 max_train_minutes=_number(env, "RECEIPT_PIPELINE_MAX_TRAIN_MINUTES", float, LOCAL_MAX_TRAIN_MINUTES),
+                optuna_storage=env.get("RECEIPT_PIPELINE_OPTUNA_STORAGE") or f"sqlite:///{data_dir / 'optuna.sqlite'}",
                 **common,
             )
         missing = [name for name in ("RECEIPTS_TABLE", "RECEIPT_PIPELINE_BUCKET") if not env.get(name)]
@@ -69,6 +73,7 @@ class DeploymentSettings:
             sroie_dir=sroie_dir,
             base_model=env.get("RECEIPT_PIPELINE_BASE_MODEL", "microsoft/layoutlm-base-uncased"),
             max_train_minutes=_number(env, "RECEIPT_PIPELINE_MAX_TRAIN_MINUTES", float, None),
+            optuna_storage=env.get("RECEIPT_PIPELINE_OPTUNA_STORAGE") or None,
             **common,
         )
 

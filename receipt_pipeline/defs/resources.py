@@ -26,6 +26,8 @@ class PipelineSettings(dg.ConfigurableResource):
     base_model: str = "compact"
     max_train_minutes: float | None = None
     promotion_tolerance: float = 0.01
+    # the sweeps' Optuna study database (an SQLAlchemy URL); None in prod until RECEIPT_PIPELINE_OPTUNA_STORAGE is set
+    optuna_storage: str | None = None
 
     @property
     def production_model_root(self) -> str:
@@ -43,6 +45,7 @@ class PipelineSettings(dg.ConfigurableResource):
             base_model=settings.base_model,
             max_train_minutes=settings.max_train_minutes,
             promotion_tolerance=settings.promotion_tolerance,
+            optuna_storage=settings.optuna_storage,
         )
 
     def require_aws(self) -> None:
@@ -66,14 +69,18 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 
     root: str
 
-    def _uri(self, asset_key: dg.AssetKey, suffix: str) -> str:
-        return storage.join(self.root, "assets", *asset_key.path) + suffix
+    def _uri(self, context: dg.OutputContext | dg.InputContext, suffix: str) -> str:
+        """<root>/assets/<key path>[/<partition>].<suffix>: one file per partition of a partitioned asset."""
+        parts = list(context.asset_key.path)
+        if context.has_asset_partitions:
+            parts.append(context.asset_partition_key)
+        return storage.join(self.root, "assets", *parts) + suffix
 
     def handle_output(self, context: dg.OutputContext, obj: object) -> None:
         if obj is None:
             return
         if isinstance(obj, (pd.DataFrame, pa.Table)):
-            uri = self._uri(context.asset_key, ".parquet")
+            uri = self._uri(context, ".parquet")
             buffer = io.BytesIO()
             if isinstance(obj, pa.Table):
                 pq.write_table(obj, buffer, row_group_size=10_000)  # streamable by row group
@@ -81,14 +88,14 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
                 obj.to_parquet(buffer, index=False)
             storage.write_bytes(uri, buffer.getvalue())
         elif isinstance(obj, dict):
-            uri = self._uri(context.asset_key, ".json")
+            uri = self._uri(context, ".json")
             storage.write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
         else:
             raise TypeError(f"{context.asset_key.to_user_string()}: cannot store a {type(obj).__name__}")
         context.add_output_metadata({"stored_at": dg.MetadataValue.path(uri)})
 
     def load_input(self, context: dg.InputContext) -> object:
-        parquet = self._uri(context.asset_key, ".parquet")
+        parquet = self._uri(context, ".parquet")
         if storage.exists(parquet):
             wanted = context.dagster_type.typing_type
             if wanted is storage.ParquetArtifact:
@@ -100,7 +107,7 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
             if wanted is pa.Table or (wanted is not pd.DataFrame and not stored_by_pandas):
                 return pq.read_table(data)
             return pd.read_parquet(data)
-        document = self._uri(context.asset_key, ".json")
+        document = self._uri(context, ".json")
         if storage.exists(document):
             return json.loads(storage.read_bytes(document))
         raise FileNotFoundError(

@@ -11,7 +11,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from receipt_pipeline.core import bio, storage, word_table
+from receipt_pipeline.core import bio, storage, sweep, word_table
 from receipt_pipeline.core.checkpoint_store import CheckpointSync, restore_latest
 from receipt_pipeline.core.evaluation import confusion_png, evaluate
 from receipt_pipeline.core.sroie import read_sroie
@@ -53,14 +53,26 @@ class LayoutLMCheckpointConfig(dg.Config):
     run_name: str | None = Field(
         default=None, description="The run folder's name; default: the Dagster run's root id, so retries resume."
     )
+    output_path: str | None = Field(
+        default=None, description="Where run folders go: a folder or s3:// prefix; default: <artifacts>/runs."
+    )
+    use_best_hyperparameters: bool = Field(
+        default=False,
+        description="Take learning rate, weight decay, warmup, label smoothing, effective batch (and max grad "
+        "norm, if searched) from the materialised best_hyperparameters; epochs and the rest from this config.",
+    )
 
 
-def _run_dir(settings: PipelineSettings, run_name: str) -> tuple[Path, str | None]:
-    """The local folder of a training run and, in prod, the S3 prefix its checkpoints are synced to."""
-    if storage.is_s3(settings.artifact_root):
+def run_dir_for(settings: PipelineSettings, run_name: str, runs_root: str | None = None) -> tuple[Path, str | None]:
+    """The local folder of a training run and, when runs live in S3, the prefix its checkpoints sync to.
+
+    ``runs_root`` (a folder or ``s3://`` prefix) holds the run folders; default ``<artifacts>/runs``.
+    """
+    root = runs_root or storage.join(settings.artifact_root, "runs")
+    if storage.is_s3(root):
         scratch = Path(os.environ.get("RECEIPT_PIPELINE_SCRATCH", tempfile.gettempdir())) / "receipt-pipeline"
-        return scratch / "runs" / run_name, storage.join(settings.artifact_root, "runs", run_name)
-    return Path(settings.artifact_root) / "runs" / run_name, None
+        return scratch / "runs" / run_name, storage.join(root, run_name)
+    return Path(root) / run_name, None
 
 
 @dg.asset(
@@ -87,7 +99,7 @@ def layoutlm_checkpoint(
             " training goes on only if the tokenizers are identical"
         )
     run_name = config.run_name or context.run.root_run_id or context.run.run_id
-    run_dir, run_uri = _run_dir(settings, run_name)
+    run_dir, run_uri = run_dir_for(settings, run_name, config.output_path)
     sync = CheckpointSync(run_uri) if run_uri else None
     if run_uri and not any((run_dir / "checkpoints").glob("checkpoint-*/COMPLETE")):
         restored = restore_latest(run_uri, run_dir)
@@ -117,6 +129,14 @@ def layoutlm_checkpoint(
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
         context.log.info(f"evaluation at step {record['step']}: {json.dumps(shown)}")
 
+    best = None
+    if config.use_best_hyperparameters:
+        best = _best_hyperparameters(settings)
+        resolved = options.resolved()
+        options = sweep.options_for(best["params"], resolved, resolved.per_device_batch_size)
+        context.log.info(
+            f"hyperparameters of sweep {best['study']} trial {best['trial']}: {json.dumps(best['params'])}"
+        )
     result = train(manifest, run_dir, options, on_evaluate=log_evaluation, sync=sync)
     path = storage.join(run_uri, "best") if run_uri else result.best_dir
     gpu = _gpu_instance_metadata(context.run.tags)
@@ -154,6 +174,7 @@ def layoutlm_checkpoint(
             "last_loss": result.last_loss if result.last_loss is not None else float("nan"),
             "resumed_from": result.resumed_from or "",
             "hyperparameters": dg.MetadataValue.json(result.hyperparameters),
+            **({"sweep_trial": f"{best['study']} trial {best['trial']} ({best['partition']})"} if best else {}),
             "evaluations": dg.MetadataValue.json(result.evaluations),
             "weights_sha256": version,
             "windowed_tensors_version": lineage["windowed_tensors_version"],
@@ -163,6 +184,14 @@ def layoutlm_checkpoint(
             **gpu,
         },
     )
+
+
+def _best_hyperparameters(settings: PipelineSettings) -> dict:
+    """The best_hyperparameters asset's stored value (see defs.sweep), read where the IO manager keeps it."""
+    uri = storage.join(settings.artifact_root, "assets", "best_hyperparameters.json")
+    if not storage.exists(uri):
+        raise dg.Failure(f"use_best_hyperparameters is set but best_hyperparameters has not been materialised ({uri})")
+    return json.loads(storage.read_bytes(uri))
 
 
 def _table_snapshot_metadata(snapshot: dict) -> dict:

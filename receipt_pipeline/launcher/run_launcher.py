@@ -31,7 +31,7 @@ from dagster._serdes.config_class import ConfigurableClassData
 from receipt_pipeline.core import aws
 from receipt_pipeline.launcher import ec2, tags, user_data
 
-DEFAULT_GPU_ASSETS = ("layoutlm_checkpoint",)
+DEFAULT_GPU_ASSETS = ("layoutlm_checkpoint", "sweep_trial")
 
 
 class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):

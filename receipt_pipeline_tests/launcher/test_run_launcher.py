@@ -236,6 +236,22 @@ def test_a_data_refresh_runs_here_and_the_training_it_triggers_gets_a_gpu_instan
     assert dagster_instance.run_launcher.terminate(training.run_id) is True
 
 
+def test_each_sweep_trial_run_gets_its_own_gpu_instance(dagster_instance, workspace):
+    dagster_instance.add_dynamic_partitions("sweep_trials", ["gpu-000", "gpu-001"])
+    runs = [
+        _launch(
+            dagster_instance,
+            workspace,
+            _create_run(dagster_instance, workspace, ["sweep_trial"], run_tags={"dagster/partition": partition}),
+        )
+        for partition in ("gpu-000", "gpu-001")
+    ]
+    instances = [instance_ids_for_run(run.run_id) for run in runs]
+    assert all(len(ids) == 1 for ids in instances) and instances[0] != instances[1]
+    for run in runs:
+        assert dagster_instance.run_launcher.terminate(run.run_id) is True
+
+
 def test_run_monitoring_fails_a_started_run_whose_spot_instance_was_reclaimed(dagster_instance, workspace):
     run = _launch(dagster_instance, workspace, _create_run(dagster_instance, workspace, ["layoutlm_checkpoint"]))
     _mark_started(dagster_instance, run)

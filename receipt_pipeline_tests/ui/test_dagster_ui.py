@@ -66,7 +66,7 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def dagster_dev(aws_emulator, shared_sroie_dir, tmp_path_factory) -> Iterator[tuple[str, Path]]:
+def dagster_dev(aws_emulator, shared_sroie_dir, tmp_path_factory) -> Iterator[tuple[str, Path, dict]]:
     """`dagster dev` (webserver + daemon) on a free port, local deployment, a seeded emulator table."""
     root = tmp_path_factory.mktemp("ui")
     home = root / "dagster_home"
@@ -93,7 +93,7 @@ def dagster_dev(aws_emulator, shared_sroie_dir, tmp_path_factory) -> Iterator[tu
                 url = f"http://127.0.0.1:{port}"
                 _wait(lambda: process.poll() is not None or _answers(url + "/server_info"), 180, "dagster dev")
                 assert process.poll() is None, (root / "dagster-dev.log").read_text()[-3000:]
-                yield url, home
+                yield url, home, env
             finally:
                 stop_process(process, timeout=30)
 
@@ -174,15 +174,20 @@ def _shot(driver, name: str) -> None:
 
 
 def test_materialize_all_in_the_browser_and_read_the_reports_f1(dagster_dev, browser):
-    url, home = dagster_dev
-    browser.get(url + "/asset-groups")
+    url, home, _ = dagster_dev
+    # the production model's upstream graph: everything it needs; the global graph's Materialize all also
+    # takes in the sweep's partitioned trials, and asks which partitions
+    browser.get(url + "/assets/production_model?view=lineage&lineageScope=upstream&lineageDepth=10")
     _wait(lambda: _button(browser, "Materialize all"), 120, "the Materialize all button")
     time.sleep(3)  # the first visit's newsletter prompt opens a moment after the page
     if skip := _button(browser, "Skip"):
         skip.click()
     _shot(browser, "01-asset-graph.png")
     _click_through_prompts(browser, "Materialize all")
-    _wait(lambda: "Launched run" in browser.page_source, 60, "the launched-run toast")
+    try:
+        _wait(lambda: "Launched run" in browser.page_source, 60, "the launched-run toast")
+    finally:
+        _shot(browser, "01-after-materialize-all.png")
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         [run] = _wait(lambda: instance.get_runs(), 60, "the run in the instance")
@@ -236,3 +241,35 @@ def test_materialize_all_in_the_browser_and_read_the_reports_f1(dagster_dev, bro
         _wait(graph_shows_the_data, 60, f"the upstream lineage graph to show {upstream}")
     finally:
         _shot(browser, "06-lineage.png")
+
+
+def test_layoutlm_cli_submits_training_and_a_sweep_to_the_running_webserver(dagster_dev):
+    # after the test above: the windows exist in this deployment
+    url, home, env = dagster_dev
+
+    def layoutlm_cli(*args: str) -> str:
+        command = [sys.executable, "-m", "receipt_pipeline.layoutlm_cli", *args, "--dagster-url", url]
+        done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+        return done.stdout
+
+    out = layoutlm_cli("train", "--job-name", "submitted", "--max-steps", "2")
+    run_folder = Path(env["RECEIPT_PIPELINE_DATA_DIR"]) / "runs" / "submitted"
+    assert "(SUCCESS)" in out and f"run folder: {run_folder}" in out
+    assert (run_folder / "best" / "model.safetensors").is_file()
+
+    out = layoutlm_cli("sweep", "--study", "remote", "--trials", "2", "--max-steps", "2")
+    assert "trial remote-000: dagster run" in out and "trial remote-001: dagster run" in out
+    assert "best_hyperparameters: dagster run" in out and out.rstrip().endswith("(SUCCESS)")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert {"remote-000", "remote-001"} <= set(instance.get_dynamic_partitions("sweep_trials"))
+        best = instance.get_latest_materialization_event(dg.AssetKey("best_hyperparameters"))
+        assert best.asset_materialization.metadata["partition"].value in ("remote-000", "remote-001")
+        trials = [
+            record
+            for record in instance.get_run_records()
+            if record.dagster_run.tags.get("dagster/partition", "").startswith("remote-")
+        ]
+    # both were queued at once; the local pool "gpu" (limit 1) ran them one after another
+    first, second = sorted(trials, key=lambda record: record.start_time)
+    assert first.end_time <= second.start_time

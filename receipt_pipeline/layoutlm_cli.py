@@ -1,0 +1,313 @@
+"""``layoutlm-cli``: train or sweep through Dagster from a shell, with the earlier tool's flags.
+
+Without ``--dagster-url`` the run executes here, recorded in the Dagster instance at ``$DAGSTER_HOME``
+(default ``./.dagster_home``, the one `make dev` serves), so it shows in the UI. With ``--dagster-url``
+the run is submitted to that deployment's webserver: it is queued, and the run launcher starts it (on a
+GPU instance in prod, as for any training run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import PurePosixPath
+
+import click
+
+from receipt_pipeline.core import storage
+
+JOB_NAME_TAG = "receipt_pipeline/job_name"
+DATA_ASSETS = ["raw_receipt_words", "sroie_receipts", "bio_receipt_split", "windowed_tensors"]
+ASSET_JOB = "__ASSET_JOB"
+
+
+@click.group()
+def main() -> None:
+    """Train or sweep the LayoutLM token classifier through Dagster."""
+
+
+def _dagster_url_option(function):
+    function = click.option(
+        "--wait/--no-wait", default=True, show_default=True, help="With --dagster-url: wait for the run to end."
+    )(function)
+    return click.option(
+        "--dagster-url",
+        default=None,
+        help="Submit to this Dagster webserver (e.g. http://dagster.internal:3000) instead of running here.",
+    )(function)
+
+
+@main.command()
+@click.option("--job-name", required=True, help="The training run's name: its folder is <runs>/<job-name>.")
+@click.option("--dynamo-table", default=None, help="Rebuild the training data from this table first.")
+@click.option("--epochs", type=float, default=None)
+@click.option("--batch-size", type=int, default=None, help="Per-device batch size.")
+@click.option("--lr", "learning_rate", type=float, default=None)
+@click.option("--warmup-ratio", type=float, default=None)
+@click.option("--gradient-accumulation-steps", type=int, default=None)
+@click.option("--label-smoothing", type=float, default=None)
+@click.option("--early-stopping-patience", type=int, default=None)
+@click.option("--pretrained", default=None, help="Base model: hub id, local folder, s3:// prefix or 'compact'.")
+@click.option("--output-s3-path", default=None, help="Where run folders go (s3:// prefix or folder).")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
+@click.option("--max-train-minutes", type=float, default=None, help="Stop, after a save, past this time.")
+@click.option("--use-best-hyperparameters", is_flag=True, help="Take the sweep's best settings.")
+@_dagster_url_option
+def train(job_name: str, dynamo_table: str | None, dagster_url: str | None, wait: bool, **flags) -> None:
+    """Materialise layoutlm_checkpoint with this config, as a Dagster run, and print its run folder."""
+    names = {
+        "epochs": "epochs",
+        "batch_size": "per_device_batch_size",
+        "learning_rate": "learning_rate",
+        "warmup_ratio": "warmup_ratio",
+        "gradient_accumulation_steps": "gradient_accumulation_steps",
+        "label_smoothing": "label_smoothing",
+        "early_stopping_patience": "early_stopping_patience",
+        "pretrained": "base_model",
+        "output_s3_path": "output_path",
+        "max_steps": "max_steps",
+        "max_train_minutes": "max_train_minutes",
+    }
+    checkpoint = {names[flag]: value for flag, value in flags.items() if flag in names and value is not None}
+    if flags.get("use_best_hyperparameters"):
+        checkpoint["use_best_hyperparameters"] = True
+    checkpoint["run_name"] = job_name
+    run_config: dict = {"ops": {"layoutlm_checkpoint": {"config": checkpoint}}}
+    selection = ["layoutlm_checkpoint"]
+    if dynamo_table:
+        selection = [*DATA_ASSETS, *selection]
+        run_config["ops"]["raw_receipt_words"] = {"config": {"table": dynamo_table}}
+    tags = {JOB_NAME_TAG: job_name}
+    if dagster_url:
+        run_id = _submit(dagster_url, selection, run_config, tags)
+        status = _wait_for(dagster_url, run_id) if wait else "QUEUED"
+        click.echo(f"dagster run: {run_id} ({status})")
+        click.echo(f"run folder: {_runs_root(checkpoint.get('output_path'))}/{job_name}")
+        if status not in ("SUCCESS", "QUEUED"):
+            raise click.ClickException(f"run {run_id} ended {status}")
+        return
+    result = _execute_here(selection, run_config, tags)
+    metadata = _materialisation_metadata(result, "layoutlm_checkpoint")
+    best = str(metadata["path"])
+    click.echo(f"dagster run: {result.run_id}")
+    click.echo(f"best validation F1: {metadata['best_validation_f1']:.4f}")
+    click.echo(f"run folder: {_parent(best)}")
+
+
+@main.command()
+@click.option("--study", default="layoutlm", show_default=True, help="The Optuna study (and partition prefix).")
+@click.option("--trials", type=int, default=12, show_default=True)
+@click.option("--epochs", type=float, default=4, show_default=True, help="Per trial, 3 to 5.")
+@click.option("--lr-min", type=float, default=1e-5, show_default=True)
+@click.option("--lr-max", type=float, default=5e-5, show_default=True)
+@click.option("--effective-batch-sizes", default="8,16,32", show_default=True, help="Comma-separated.")
+@click.option("--max-per-device-batch-size", type=int, default=8, show_default=True)
+@click.option("--search-max-grad-norm", is_flag=True, help="Also search max_grad_norm (0, 0.5, 1).")
+@click.option("--pretrained", default=None, help="Base model: hub id, local folder, s3:// prefix or 'compact'.")
+@click.option("--max-steps", type=int, default=None, help="Per trial: stop after this many optimizer steps.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@_dagster_url_option
+def sweep(study: str, trials: int, dagster_url: str | None, wait: bool, **flags) -> None:
+    """Add TRIALS partitions of sweep_trial, run each as its own Dagster run, then pick best_hyperparameters."""
+    trial_config = {
+        "study": study,
+        "seed": flags["seed"],
+        "epochs": flags["epochs"],
+        "learning_rate": [flags["lr_min"], flags["lr_max"]],
+        "effective_batch_sizes": [int(size) for size in flags["effective_batch_sizes"].split(",")],
+        "max_per_device_batch_size": flags["max_per_device_batch_size"],
+    }
+    if flags["search_max_grad_norm"]:
+        trial_config["max_grad_norms"] = [0.0, 0.5, 1.0]
+    if flags["pretrained"]:
+        trial_config["base_model"] = flags["pretrained"]
+    if flags["max_steps"] is not None:
+        trial_config["max_steps"] = flags["max_steps"]
+    trial_run_config = {"ops": {"sweep_trial": {"config": trial_config}}}
+    best_run_config = {"ops": {"best_hyperparameters": {"config": {"study": study}}}}
+    from receipt_pipeline.defs.sweep import SWEEP_TRIALS, trial_partition
+
+    if dagster_url:
+        existing = _partitions_remote(dagster_url)
+        partitions = _next_partitions(study, existing, trials, trial_partition)
+        run_ids = []
+        for partition in partitions:
+            _add_partition_remote(dagster_url, SWEEP_TRIALS.name, partition)
+            tags = {"dagster/partition": partition}
+            run_ids.append(_submit(dagster_url, ["sweep_trial"], trial_run_config, tags))
+            click.echo(f"trial {partition}: dagster run {run_ids[-1]}")
+        if not wait:
+            click.echo("submitted; materialise best_hyperparameters once the trials have finished")
+            return
+        failed = [run_id for run_id in run_ids if _wait_for(dagster_url, run_id) != "SUCCESS"]
+        if failed:
+            raise click.ClickException(f"trial runs did not succeed: {failed}")
+        best_run = _submit(dagster_url, ["best_hyperparameters"], best_run_config, {})
+        click.echo(f"best_hyperparameters: dagster run {best_run} ({_wait_for(dagster_url, best_run)})")
+        return
+
+    import dagster as dg
+
+    _local_instance_home()
+    with dg.DagsterInstance.get() as instance:
+        existing = instance.get_dynamic_partitions(SWEEP_TRIALS.name)
+        partitions = _next_partitions(study, existing, trials, trial_partition)
+        instance.add_dynamic_partitions(SWEEP_TRIALS.name, partitions)
+    for partition in partitions:
+        result = _execute_here(["sweep_trial"], trial_run_config, {}, partition_key=partition)
+        trial = _materialisation_metadata(result, "sweep_trial")
+        click.echo(f"trial {partition}: validation F1 {trial['validation_f1']:.4f} ({json.dumps(trial['params'])})")
+    result = _execute_here(["best_hyperparameters"], best_run_config, {})
+    best = _materialisation_metadata(result, "best_hyperparameters")
+    click.echo(best["all_trials"])
+    click.echo(f"best: {best['partition']} (validation F1 {best['validation_f1']:.4f}): {json.dumps(best['params'])}")
+
+
+def _next_partitions(study: str, existing, count: int, name) -> list[str]:
+    taken = {key for key in existing if key.startswith(f"{study}-")}
+    partitions, index = [], 0
+    while len(partitions) < count:
+        if name(study, index) not in taken:
+            partitions.append(name(study, index))
+        index += 1
+    return partitions
+
+
+# ------------------------------------------------------------------------------------------ here
+
+
+def _local_instance_home() -> None:
+    if not os.environ.get("DAGSTER_HOME"):
+        from receipt_pipeline.cli import _local_dagster_home
+
+        _local_dagster_home()
+
+
+def _execute_here(selection: list[str], run_config: dict, tags: dict, partition_key: str | None = None):
+    import dagster as dg
+
+    from receipt_pipeline.core.settings import DeploymentSettings
+    from receipt_pipeline.definitions import build_definitions
+    from receipt_pipeline.defs.resources import resources_for
+
+    _local_instance_home()
+    definitions = build_definitions()
+    with dg.DagsterInstance.get() as instance:
+        result = dg.materialize(
+            [*definitions.assets, *definitions.asset_checks],
+            resources=resources_for(DeploymentSettings.from_env()),
+            instance=instance,
+            selection=selection,
+            run_config=run_config,
+            tags=tags,
+            partition_key=partition_key,
+            raise_on_error=False,
+        )
+    if not result.success:
+        failures = [event for event in result.all_events if event.event_type_value == "STEP_FAILURE"]
+        reasons = "; ".join(f"{event.step_key}: {event.step_failure_data.error.message.strip()}" for event in failures)
+        raise click.ClickException(f"dagster run {result.run_id} failed: {reasons}")
+    return result
+
+
+def _materialisation_metadata(result, asset: str) -> dict:
+    [materialisation] = result.asset_materializations_for_node(asset)
+    return {name: value.value for name, value in materialisation.metadata.items()}
+
+
+def _parent(uri: str) -> str:
+    return str(PurePosixPath(uri).parent) if not storage.is_s3(uri) else uri.rstrip("/").rsplit("/", 1)[0]
+
+
+def _runs_root(output_path: str | None) -> str:
+    if output_path:
+        return output_path.rstrip("/")
+    from receipt_pipeline.core.settings import DeploymentSettings
+
+    return storage.join(DeploymentSettings.from_env().artifact_root, "runs")
+
+
+# ------------------------------------------------------------------------------------------ remote
+
+
+def _client(url: str):
+    from urllib.parse import urlparse
+
+    from dagster_graphql import DagsterGraphQLClient
+
+    parsed = urlparse(url)
+    return DagsterGraphQLClient(
+        parsed.hostname,
+        port_number=parsed.port,
+        use_https=parsed.scheme == "https",
+        path_prefix=parsed.path.rstrip("/"),
+    )
+
+
+def _submit(url: str, selection: list[str], run_config: dict, tags: dict) -> str:
+    import dagster as dg
+
+    return _client(url).submit_job_execution(
+        ASSET_JOB,
+        run_config=run_config,
+        tags=tags,
+        asset_selection=[dg.AssetKey(name) for name in selection],
+    )
+
+
+def _wait_for(url: str, run_id: str, timeout: float = 24 * 3600) -> str:
+    client = _client(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get_run_status(run_id).value
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            return status
+        time.sleep(5)
+    return "TIMED_OUT"
+
+
+def _graphql(url: str, query: str, variables: dict) -> dict:
+    import requests
+
+    response = requests.post(url.rstrip("/") + "/graphql", json={"query": query, "variables": variables}, timeout=60)
+    response.raise_for_status()
+    document = response.json()
+    if document.get("errors"):
+        raise click.ClickException(f"{url}: {document['errors']}")
+    return document["data"]
+
+
+REPOSITORY = {"repositoryLocationName": "receipt_pipeline", "repositoryName": "__repository__"}
+
+
+def _partitions_remote(url: str) -> list[str]:
+    data = _graphql(
+        url,
+        """query ($key: AssetKeyInput!) {
+          assetNodeOrError(assetKey: $key) { ... on AssetNode { partitionKeys } }
+        }""",
+        {"key": {"path": ["sweep_trial"]}},
+    )
+    return list((data.get("assetNodeOrError") or {}).get("partitionKeys") or [])
+
+
+def _add_partition_remote(url: str, partitions_def: str, partition: str) -> None:
+    data = _graphql(
+        url,
+        """mutation ($selector: RepositorySelector!, $name: String!, $key: String!) {
+          addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
+            __typename
+            ... on PythonError { message }
+            ... on DuplicateDynamicPartitionError { partitionName }
+          }
+        }""",
+        {"selector": REPOSITORY, "name": partitions_def, "key": partition},
+    )
+    outcome = data["addDynamicPartition"]
+    if outcome["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
+        raise click.ClickException(f"could not add partition {partition}: {outcome}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""`layoutlm-cli` against the local default: runs recorded in $DAGSTER_HOME, artifacts where the flags say."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from receipt_pipeline.core import storage
+from receipt_pipeline.layoutlm_cli import JOB_NAME_TAG
+from receipt_pipeline_tests.conftest import seeded_receipts_table
+from receipt_pipeline_tests.training_data import sroie_subset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def local_default(aws_emulator, shared_sroie_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("layoutlm-cli")
+    home = root / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    with seeded_receipts_table(receipts=20, seed=6) as table:
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "RECEIPT_PIPELINE_DEPLOYMENT": "local",
+            "RECEIPT_PIPELINE_DATA_DIR": str(root / "data"),
+            "RECEIPTS_TABLE": "receipts-that-the-flag-overrides",
+            "SROIE_DIR": str(sroie_subset(shared_sroie_dir, root / "sroie", receipts=30)),
+            "HF_HUB_OFFLINE": "1",
+        }
+        yield {"env": env, "home": home, "data": root / "data", "table": table}
+
+
+def _layoutlm_cli(env: dict, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "receipt_pipeline.layoutlm_cli", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def _runs(home: Path) -> list:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return list(reversed(instance.get_runs()))
+
+
+def test_train_with_the_earlier_tools_flags_runs_through_dagster_and_prints_the_run_folder(local_default):
+    env, home = local_default["env"], local_default["home"]
+    out = _layoutlm_cli(
+        env,
+        "train",
+        "--job-name", "receipts-v2",
+        "--dynamo-table", local_default["table"],
+        "--epochs", "3",
+        "--batch-size", "4",
+        "--lr", "3e-4",
+        "--warmup-ratio", "0.05",
+        "--gradient-accumulation-steps", "1",
+        "--label-smoothing", "0.01",
+        "--early-stopping-patience", "2",
+        "--pretrained", "compact",
+        "--max-steps", "4",
+    )  # fmt: skip
+    run_folder = local_default["data"] / "runs" / "receipts-v2"
+    assert f"run folder: {run_folder}" in out
+    assert (run_folder / "best" / "model.safetensors").is_file()
+    [run] = _runs(home)
+    assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags[JOB_NAME_TAG] == "receipts-v2"
+    assert f"dagster run: {run.run_id}" in out
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("layoutlm_checkpoint"))
+        words = instance.get_latest_materialization_event(dg.AssetKey("raw_receipt_words"))
+    hyperparameters = event.asset_materialization.metadata["hyperparameters"].value
+    assert hyperparameters["learning_rate"] == 3e-4 and hyperparameters["label_smoothing"] == 0.01
+    assert hyperparameters["warmup_ratio"] == 0.05 and hyperparameters["early_stopping_patience"] == 2
+    assert hyperparameters["epochs"] == 3 and hyperparameters["per_device_batch_size"] == 4
+    assert words.asset_materialization.metadata["table"].value == local_default["table"]
+
+
+def test_train_writes_its_run_folder_under_output_s3_path(local_default, artifacts_bucket):
+    out = _layoutlm_cli(
+        local_default["env"],
+        "train",
+        "--job-name", "to-s3",
+        "--output-s3-path", f"s3://{artifacts_bucket}/experiments",
+        "--max-steps", "2",
+    )  # fmt: skip
+    assert f"run folder: s3://{artifacts_bucket}/experiments/to-s3" in out
+    assert storage.exists(f"s3://{artifacts_bucket}/experiments/to-s3/best/COMPLETE")
+
+
+def test_sweep_runs_each_trial_as_its_own_run_and_prints_the_best(local_default):
+    env, home = local_default["env"], local_default["home"]
+    before = len(_runs(home))
+    out = _layoutlm_cli(
+        env, "sweep", "--study", "cli", "--trials", "2", "--epochs", "3",
+        "--lr-min", "1e-4", "--lr-max", "5e-4", "--max-steps", "2",
+    )  # fmt: skip
+    assert "trial cli-000: validation F1" in out and "trial cli-001: validation F1" in out
+    assert "best: cli-00" in out
+    runs = _runs(home)[before:]
+    assert [run.tags.get("dagster/partition") for run in runs] == ["cli-000", "cli-001", None]
+    assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+    again = _layoutlm_cli(env, "sweep", "--study", "cli", "--trials", "1", "--max-steps", "2")
+    assert "trial cli-002" in again, "a second sweep of the same study adds trials after the first's"
