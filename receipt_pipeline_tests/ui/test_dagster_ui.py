@@ -48,9 +48,14 @@ def _free_port() -> int:
 
 
 def _wait(condition: Callable[[], object], timeout: float, what: str, interval: float = 1.0):
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:  # the page re-rendered under us: look again
+            value = None
         if value:
             return value
         time.sleep(interval)
