@@ -44,6 +44,7 @@ from receipt_pipeline.core.dynamo_schema import (
 )
 
 Strategy = Literal["gsi3", "scan"]
+SNAPSHOT_STATUS = "VALID"
 MAX_LISTED_BAD_KEYS = 20
 
 
@@ -77,6 +78,8 @@ class ReadResult:
     label_counts: Counter = field(default_factory=Counter)  # final label -> words
     words_with_conflicting_labels: int = 0
     newest_label_timestamp: str | None = None
+    # the table's labels of SNAPSHOT_STATUS, counted in the same pass that found the data
+    snapshot: LabelSnapshot | None = None
 
     @property
     def skipped_total(self) -> int:
@@ -130,11 +133,18 @@ def _labels_with_status(client, table: str, status: str, tally: _Tally, *attribu
     )
 
 
-def labelled_image_ids(client, table: str, statuses: Sequence[str], tally: _Tally) -> list[str]:
-    """Images with at least one label in ``statuses``, through the GSI3 validation-status index."""
+def labelled_image_ids(
+    client, table: str, statuses: Sequence[str], tally: _Tally, counter: _SnapshotCounter | None = None
+) -> list[str]:
+    """Images with at least one label in ``statuses``, through the GSI3 validation-status index; the labels
+    of SNAPSHOT_STATUS are also counted into ``counter``."""
     image_ids: set[str] = set()
     for status in statuses:
-        for item in _labels_with_status(client, table, status, tally, "PK"):
+        counted = counter if status == SNAPSHOT_STATUS else None
+        attributes = ("PK", "label", "timestamp_added") if counted else ("PK",)
+        for item in _labels_with_status(client, table, status, tally, *attributes):
+            if counted:
+                counted.add(item)
             image_id = image_id_of(item.get("PK", ""))
             if image_id is not None:
                 image_ids.add(image_id)
@@ -311,6 +321,8 @@ def read_receipt_words(options: ReadOptions, client=None) -> ReadResult:
     tally = _Tally()
     table = options.table
 
+    counter = _SnapshotCounter()
+
     def read_image(image_id: str) -> _Partial:
         return assemble(_image_items(client, table, image_id, tally), options)
 
@@ -319,17 +331,24 @@ def read_receipt_words(options: ReadOptions, client=None) -> ReadResult:
 
     with ThreadPoolExecutor(max_workers=options.read_parallelism, thread_name_prefix="dynamo-read") as pool:
         if options.strategy == "gsi3":
-            partials = list(pool.map(read_image, labelled_image_ids(client, table, options.accepted_statuses, tally)))
+            image_ids = labelled_image_ids(client, table, options.accepted_statuses, tally, counter)
+            partials = list(pool.map(read_image, image_ids))
         elif options.strategy == "scan":
             # segments split the key space, so one image's items may come back from several segments
             batches = list(pool.map(read_segment, range(options.read_parallelism)))
+            for batch in batches:
+                for item in batch:
+                    if _item_type(item) == RECEIPT_WORD_LABEL and item.get("validation_status") == SNAPSHOT_STATUS:
+                        counter.add(item)
             partials = [assemble((item for batch in batches for item in batch), options)]
         else:
             raise ValueError(f"unknown read strategy {options.strategy!r}: expected 'gsi3' or 'scan'")
-    return _combine(partials, options, tally)
+    counted_here = options.strategy == "scan" or SNAPSHOT_STATUS in options.accepted_statuses
+    snapshot = counter.snapshot(SNAPSHOT_STATUS) if counted_here else label_snapshot(table, client=client)
+    return _combine(partials, options, tally, snapshot)
 
 
-def _combine(partials: list[_Partial], options: ReadOptions, tally: _Tally) -> ReadResult:
+def _combine(partials: list[_Partial], options: ReadOptions, tally: _Tally, snapshot: LabelSnapshot) -> ReadResult:
     columns = {name: [value for p in partials for value in p.columns[name]] for name in word_table.COLUMNS}
     skipped = sum((p.skipped for p in partials), Counter())
     considered = sum(p.considered for p in partials)
@@ -347,6 +366,7 @@ def _combine(partials: list[_Partial], options: ReadOptions, tally: _Tally) -> R
         label_counts=Counter(frame["label"].dropna().tolist()),
         words_with_conflicting_labels=sum(p.conflicts for p in partials),
         newest_label_timestamp=max((p.newest_label_timestamp for p in partials), default="") or None,
+        snapshot=snapshot,
     )
     statuses = ", ".join(options.accepted_statuses)
     if not receipts:
@@ -394,16 +414,31 @@ class LabelSnapshot:
         }
 
 
-def label_snapshot(table: str, status: str = "VALID", client=None) -> LabelSnapshot:
+class _SnapshotCounter:
+    def __init__(self) -> None:
+        self.per_label: Counter[str] = Counter()
+        self.newest, self._newest_key = "", float("-inf")
+        self.items = 0
+
+    def add(self, label_item: Mapping[str, Any]) -> None:
+        self.items += 1
+        self.per_label[str(label_item.get("label", ""))] += 1
+        stamp = str(label_item.get("timestamp_added", ""))
+        if _sortable(stamp) > self._newest_key:
+            self.newest, self._newest_key = stamp, _sortable(stamp)
+
+    def snapshot(self, status: str, items_evaluated: int | None = None) -> LabelSnapshot:
+        labels = sum(self.per_label.values())
+        evaluated = self.items if items_evaluated is None else items_evaluated
+        return LabelSnapshot(status, labels, self.newest, dict(sorted(self.per_label.items())), evaluated)
+
+
+def label_snapshot(table: str, status: str = SNAPSHOT_STATUS, client=None) -> LabelSnapshot:
     """Counts the labels of ``status`` through the GSI3 validation-status index, reading only the label
     name and timestamp of each."""
     client = client or aws.client("dynamodb")
     tally = _Tally()
-    per_label: Counter[str] = Counter()
-    newest, newest_key = "", float("-inf")
+    counter = _SnapshotCounter()
     for item in _labels_with_status(client, table, status, tally, "label", "timestamp_added"):
-        per_label[str(item.get("label", ""))] += 1
-        stamp = str(item.get("timestamp_added", ""))
-        if _sortable(stamp) > newest_key:
-            newest, newest_key = stamp, _sortable(stamp)
-    return LabelSnapshot(status, sum(per_label.values()), newest, dict(sorted(per_label.items())), tally.items)
+        counter.add(item)
+    return counter.snapshot(status, tally.items)

@@ -72,6 +72,10 @@ class TrainingOptions:
     eval_steps: int | None = None  # evaluate and save every this many steps instead of every epoch
     max_train_seconds: float | None = None  # stop (after a save) when training has run this long
     dataloader_workers: int = 2  # CUDA only
+    dropout: float | None = None  # hidden and attention dropout; None: the base model's own
+    # every window padded to this many tokens instead of the batch's longest (the earlier system's
+    # setting, kept to measure against; BENCHMARKS.md)
+    pad_to_length: int | None = None
 
     def resolved(self) -> TrainingOptions:
         """These options with every base-model default filled in."""
@@ -89,6 +93,7 @@ class TrainingResult:
     steps: int
     real_tokens: int
     real_tokens_per_second: float
+    padded_tokens: int  # tokens through the model, padding included: real / padded is the padding efficiency
     wall_seconds: float
     device: str
     peak_memory_bytes: int
@@ -102,15 +107,18 @@ class TrainingResult:
 class WindowCollator:
     """Pads ``input_ids``, ``bbox``, ``attention_mask`` and ``labels`` to the longest window in the batch."""
 
-    def __init__(self, pad_token_id: int, multiple_of: int | None = None) -> None:
+    def __init__(self, pad_token_id: int, multiple_of: int | None = None, pad_to_length: int | None = None) -> None:
         self.pad_token_id = pad_token_id
         self.multiple_of = multiple_of
+        self.pad_to_length = pad_to_length
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
         longest = max(len(f["input_ids"]) for f in features)
-        if self.multiple_of:
+        if self.pad_to_length:
+            longest = max(longest, self.pad_to_length)
+        elif self.multiple_of:
             longest = -(-longest // self.multiple_of) * self.multiple_of
         batch = len(features)
         input_ids = np.full((batch, longest), self.pad_token_id, dtype=np.int64)
@@ -129,6 +137,35 @@ class WindowCollator:
             "attention_mask": torch.from_numpy(attention_mask),
             "labels": torch.from_numpy(labels),
         }
+
+
+class TokenLoss:
+    """Cross-entropy summed over the labelled tokens of a step and divided by their count on every process
+    and micro-batch of that step (the Trainer's ``num_items_in_batch``): each token weighs the same, so
+    two processes of 2 windows train exactly as one of 4, and accumulation as a larger batch.
+
+    LayoutLM's own loss is a per-batch mean, yet its ``forward`` takes ``**kwargs``, so the Trainer takes
+    it for one normalised over the whole step: it stops dividing by the accumulation steps and multiplies
+    by the number of processes, which scales the gradients (transformers 5.23).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, outputs, labels, num_items_in_batch=None):
+        import torch
+        import torch.nn.functional as F
+
+        logits = outputs["logits"]
+        total = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=self.label_smoothing,
+            reduction="sum",
+        )
+        count = num_items_in_batch if num_items_in_batch is not None else labels.ne(IGNORE_INDEX).sum()
+        return total / torch.as_tensor(count, device=total.device).clamp(min=1)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -165,6 +202,37 @@ def check_label_list(checkpoint: Path, tags: list[str]) -> None:
         )
 
 
+def _distributed():
+    """torch.distributed when this process is one of several (torchrun), else None."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _on_any_process(*flags: bool) -> list[bool]:
+    """Each flag, true on every process when it is true on any: a stop that only some processes took
+    would leave the others waiting in the next gradient all-reduce."""
+    dist = _distributed()
+    if dist is None:
+        return list(flags)
+    import torch
+
+    values = torch.tensor([int(flag) for flag in flags])
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in values.tolist()]
+
+
+def _sum_over_processes(count: int) -> int:
+    dist = _distributed()
+    if dist is None:
+        return count
+    import torch
+
+    value = torch.tensor([count], dtype=torch.int64)
+    dist.all_reduce(value)
+    return int(value.item())
+
+
 def _write_marker(folder: Path, payload: dict) -> None:
     tmp = folder / f".{COMPLETE_MARKER}.partial"
     tmp.write_text(json.dumps(payload))
@@ -186,14 +254,16 @@ def train(
     """Train on the manifest's train windows, select on validation F1, and leave the best model in
     ``<run_dir>/best``. ``sync(folder, name)`` is called for every complete checkpoint and for the best."""
     import torch
-    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
     from receipt_pipeline.core.model import load_model
 
     options = (options or TrainingOptions()).resolved()
     run_dir = Path(run_dir)
     tags: list[str] = manifest["tags"]
-    removed = remove_incomplete_checkpoints(run_dir)
+    # under torchrun every process runs this function; only the first writes files
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    removed = remove_incomplete_checkpoints(run_dir) if main_process else []
     resume = latest_complete_checkpoint(run_dir)
     if resume is not None:
         check_label_list(resume, tags)
@@ -222,7 +292,6 @@ def train(
         learning_rate=options.learning_rate,
         weight_decay=options.weight_decay,
         warmup_steps=options.warmup_ratio,
-        label_smoothing_factor=options.label_smoothing,
         max_grad_norm=options.max_grad_norm,
         seed=options.seed,
         auto_find_batch_size=options.auto_batch_size,
@@ -274,33 +343,54 @@ def train(
                 on_evaluate(record)
 
         def on_step_end(self, args, state, control, **kwargs):
-            out_of_time = options.max_train_seconds and time.monotonic() - self.started > options.max_train_seconds
-            if self.stop_requested or out_of_time:
+            budget = options.max_train_seconds
+            out_of_time = bool(budget) and time.monotonic() - self.started > budget
+            interrupted, out_of_time = _on_any_process(bool(self.stop_requested), out_of_time)
+            if interrupted or out_of_time:
+                self.stop_requested = self.stop_requested or ("SIGTERM" if interrupted else None)
                 control.should_save = True
-                control.should_evaluate = not self.stop_requested  # a spot notice leaves no time to evaluate
+                control.should_evaluate = not interrupted  # a spot notice leaves no time to evaluate
                 control.should_training_stop = True
 
         def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             _write_marker(folder, {"step": state.global_step, "epoch": state.epoch, "tags": tags})
             if sync:
                 sync(folder, folder.name)
 
     class WindowTrainer(Trainer):
+        padded_tokens = 0
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.padded_tokens += int(inputs["input_ids"].numel())
+            return super().training_step(model, inputs, num_items_in_batch)
+
         def _get_eval_sampler(self, eval_dataset):
             # predictions merge back to receipts by window position: evaluation keeps the stored order
             # (the Trainer would otherwise group evaluation windows by length too)
             return torch.utils.data.SequentialSampler(eval_dataset)
 
     progress = Progress()
+    # a new classification head draws from the global generator: seeded, every run (and every torchrun
+    # process) starts from the same weights
+    set_seed(options.seed)
     model = load_model(options.base_model, tags) if resume is None else load_model(str(resume), tags)
+    if options.dropout is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = options.dropout
     trainer = WindowTrainer(
         model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=validation_set,
-        data_collator=WindowCollator(tokenizer.pad_token_id, multiple_of=8 if cuda else None),
+        data_collator=WindowCollator(
+            tokenizer.pad_token_id, multiple_of=8 if cuda else None, pad_to_length=options.pad_to_length
+        ),
         compute_metrics=compute_metrics,
+        compute_loss_func=TokenLoss(options.label_smoothing),
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience), progress],
     )
@@ -321,6 +411,7 @@ def train(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     wall = time.monotonic() - started
+    padded_tokens = _sum_over_processes(trainer.padded_tokens)
     if progress.stop_requested:
         raise TrainingInterrupted(
             f"training stopped by {progress.stop_requested} at step {trainer.state.global_step}; "
@@ -329,21 +420,14 @@ def train(
 
     best_dir = run_dir / BEST
     staging = run_dir / f".{BEST}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
+    if main_process:
+        shutil.rmtree(staging, ignore_errors=True)
     trainer.save_model(str(staging))
-    # the Trainer pickles its arguments; the model folder carries them as JSON, so it holds no pickle at all
-    (staging / "training_args.bin").unlink(missing_ok=True)
-    (staging / "training_args.json").write_text(trainer.args.to_json_string())
-    tokenizer.save_pretrained(str(staging))
-    trainer.state.save_to_json(str(staging / "trainer_state.json"))
-    (staging / "label_map.json").write_text(json.dumps({"tags": tags, "labels": manifest["labels"]}, indent=2))
     hyperparameters = asdict(options)
-    (staging / "training_options.json").write_text(json.dumps(hyperparameters, indent=2))
-    _write_marker(staging, {"step": trainer.state.global_step, "best_metric": trainer.state.best_metric, "tags": tags})
-    shutil.rmtree(best_dir, ignore_errors=True)
-    os.replace(staging, best_dir)
-    if sync:
-        sync(best_dir, BEST)
+    if main_process:
+        _save_best(trainer, tokenizer, staging, best_dir, manifest, hyperparameters)
+        if sync:
+            sync(best_dir, BEST)
 
     real_tokens = int(trainer.state.num_input_tokens_seen or 0)
     if cuda:
@@ -361,6 +445,7 @@ def train(
         steps=int(trainer.state.global_step),
         real_tokens=real_tokens,
         real_tokens_per_second=real_tokens / wall if wall else 0.0,
+        padded_tokens=padded_tokens,
         wall_seconds=wall,
         device=device,
         peak_memory_bytes=peak,
@@ -370,6 +455,20 @@ def train(
         evaluations=progress.evaluations + ([{"removed_incomplete_checkpoints": removed}] if removed else []),
         hyperparameters=hyperparameters,
     )
+
+
+def _save_best(trainer, tokenizer, staging: Path, best_dir: Path, manifest: dict, hyperparameters: dict) -> None:
+    # the Trainer pickles its arguments; the model folder carries them as JSON, so it holds no pickle at all
+    tags = manifest["tags"]
+    (staging / "training_args.bin").unlink(missing_ok=True)
+    (staging / "training_args.json").write_text(trainer.args.to_json_string())
+    tokenizer.save_pretrained(str(staging))
+    trainer.state.save_to_json(str(staging / "trainer_state.json"))
+    (staging / "label_map.json").write_text(json.dumps({"tags": tags, "labels": manifest["labels"]}, indent=2))
+    (staging / "training_options.json").write_text(json.dumps(hyperparameters, indent=2))
+    _write_marker(staging, {"step": trainer.state.global_step, "best_metric": trainer.state.best_metric, "tags": tags})
+    shutil.rmtree(best_dir, ignore_errors=True)
+    os.replace(staging, best_dir)
 
 
 def weights_digest(model_dir: str | Path) -> str:

@@ -92,9 +92,9 @@ def raw_receipt_words(
         strategy=config.strategy,
         max_bad_share=config.max_bad_share,
     )
-    # taken before the read, so a label written during it counts as new at the next retrain decision
-    snapshot = label_snapshot(options.table)
     result = read_receipt_words(options)
+    # counted in the same pass that found the data: exactly the labels this table of words was built from
+    snapshot = result.snapshot
     if result.skipped_total:
         context.log.warning(f"skipped {result.skipped_total} bad items in {result.table}: {dict(result.skipped)}")
     frame = result.frame

@@ -11,7 +11,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from receipt_pipeline.core import bio, storage, sweep, word_table
+from receipt_pipeline.core import bio, distributed, storage, sweep, word_table
 from receipt_pipeline.core.checkpoint_store import CheckpointSync, restore_latest
 from receipt_pipeline.core.evaluation import confusion_png, evaluate
 from receipt_pipeline.core.sroie import read_sroie
@@ -55,6 +55,12 @@ class LayoutLMCheckpointConfig(dg.Config):
     )
     output_path: str | None = Field(
         default=None, description="Where run folders go: a folder or s3:// prefix; default: <artifacts>/runs."
+    )
+    processes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Training processes on the instance, under torchrun (DDP); default: one per GPU, so an "
+        "instance type with several GPUs trains on all of them. The batch size is per process.",
     )
     use_best_hyperparameters: bool = Field(
         default=False,
@@ -137,7 +143,15 @@ def layoutlm_checkpoint(
         context.log.info(
             f"hyperparameters of sweep {best['study']} trial {best['trial']}: {json.dumps(best['params'])}"
         )
-    result = train(manifest, run_dir, options, on_evaluate=log_evaluation, sync=sync)
+    processes = distributed.processes_per_node(config.processes)
+    if processes > 1:
+        context.log.info(f"training in {processes} processes under torchrun")
+        result = distributed.train_distributed(manifest, run_dir, options, processes, sync_uri=run_uri)
+        for record in result.evaluations:
+            if "step" in record:
+                log_evaluation(record)
+    else:
+        result = train(manifest, run_dir, options, on_evaluate=log_evaluation, sync=sync)
     path = storage.join(run_uri, "best") if run_uri else result.best_dir
     gpu = _gpu_instance_metadata(context.run.tags)
     version = weights_digest(result.best_dir)
@@ -167,6 +181,8 @@ def layoutlm_checkpoint(
             "epochs": result.epochs,
             "steps": result.steps,
             "real_tokens_per_second": result.real_tokens_per_second,
+            "padding_efficiency": result.real_tokens / result.padded_tokens if result.padded_tokens else float("nan"),
+            "processes": processes,
             "wall_seconds": result.wall_seconds,
             "device": result.device,
             "peak_memory_mib": result.peak_memory_bytes / 2**20,

@@ -206,3 +206,25 @@ def test_the_label_snapshot_counts_valid_labels_and_finds_the_newest(receipts_ta
     assert pending.labels == sum(
         1 for i in iter_receipt_items(receipts, seed) if i.get("validation_status") == "PENDING"
     )
+
+
+@pytest.mark.parametrize("strategy", ["gsi3", "scan"])
+def test_the_read_counts_the_tables_valid_labels_in_the_pass_that_finds_the_data(receipts_table, strategy):
+    seed_synthetic(receipts_table, 8, 4)
+    alone = label_snapshot(receipts_table)
+
+    result = read_receipt_words(ReadOptions(table=receipts_table, strategy=strategy))
+
+    counted = result.snapshot
+    assert (counted.labels, counted.per_label, counted.newest_timestamp) == (
+        alone.labels,
+        alone.per_label,
+        alone.newest_timestamp,
+    )
+    assert counted.version == alone.version and counted.labels > 0
+    # GSI3: one index pass gives the image ids and the count, so the read costs no more requests than
+    # the index pages and one query per image
+    if strategy == "gsi3":
+        images = result.frame["image_id"].nunique()
+        index_pages = result.requests - images
+        assert 1 <= index_pages <= 2, (result.requests, images)

@@ -27,13 +27,8 @@ SIX = [
     training.evaluation_report,
 ]
 WITH_PROMOTION = [*SIX, promotion.production_model, promotion.f1_not_below_production]
-SHORT_TRAINING = {
-    "ops": {
-        "layoutlm_checkpoint": {
-            "config": {"max_steps": 6, "eval_steps": 3, "per_device_batch_size": 4, "gradient_accumulation_steps": 1}
-        }
-    }
-}
+TRAINING_CONFIG = {"max_steps": 6, "eval_steps": 3, "per_device_batch_size": 4, "gradient_accumulation_steps": 1}
+SHORT_TRAINING = {"ops": {"layoutlm_checkpoint": {"config": TRAINING_CONFIG}}}
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +193,9 @@ def test_a_second_report_on_the_same_checkpoint_shows_no_f1_change(local_run):
     assert _metadata(again, "evaluation_report")["entity_f1_change"] == 0.0
 
 
-def test_prod_trains_into_s3_and_scores_from_there(seeded_table, sroie_dir, artifacts_bucket, tmp_path, monkeypatch):
+def test_prod_trains_in_two_torchrun_processes_into_s3_and_scores_from_there(
+    seeded_table, sroie_dir, artifacts_bucket, tmp_path, monkeypatch
+):
     monkeypatch.setenv("RECEIPT_PIPELINE_SCRATCH", str(tmp_path / "scratch"))
     settings = DeploymentSettings.from_env(
         {
@@ -209,11 +206,14 @@ def test_prod_trains_into_s3_and_scores_from_there(seeded_table, sroie_dir, arti
             "RECEIPT_PIPELINE_BASE_MODEL": "compact",
         }
     )
+    # two CPU processes stand for an instance with two GPUs: the checkpoints sync from the first process
+    two_processes = {"ops": {"layoutlm_checkpoint": {"config": {**TRAINING_CONFIG, "processes": 2}}}}
     result = dg.materialize(
-        SIX, resources=resources_for(settings), instance=dg.DagsterInstance.ephemeral(), run_config=SHORT_TRAINING
+        SIX, resources=resources_for(settings), instance=dg.DagsterInstance.ephemeral(), run_config=two_processes
     )
     assert result.success
     checkpoint = _metadata(result, "layoutlm_checkpoint")
+    assert checkpoint["processes"] == 2 and checkpoint["steps"] == 6
     run = checkpoint["run"]
     assert checkpoint["path"] == f"s3://{artifacts_bucket}/runs/{run}/best"
     assert storage.exists(f"s3://{artifacts_bucket}/runs/{run}/best/COMPLETE")
