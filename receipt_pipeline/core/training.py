@@ -94,6 +94,7 @@ class TrainingResult:
     real_tokens: int
     real_tokens_per_second: float
     padded_tokens: int  # tokens through the model, padding included: real / padded is the padding efficiency
+    step_seconds: float  # inside optimizer steps (forward, backward, update): wall time less evaluation and saving
     wall_seconds: float
     device: str
     peak_memory_bytes: int
@@ -330,6 +331,11 @@ def train(
             self.losses: list[float] = []
             self.stop_requested: str | None = None
             self.started = time.monotonic()
+            self.step_started = self.started
+            self.step_seconds = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.step_started = time.monotonic()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -343,6 +349,7 @@ def train(
                 on_evaluate(record)
 
         def on_step_end(self, args, state, control, **kwargs):
+            self.step_seconds += time.monotonic() - self.step_started
             budget = options.max_train_seconds
             out_of_time = bool(budget) and time.monotonic() - self.started > budget
             interrupted, out_of_time = _on_any_process(bool(self.stop_requested), out_of_time)
@@ -446,6 +453,7 @@ def train(
         real_tokens=real_tokens,
         real_tokens_per_second=real_tokens / wall if wall else 0.0,
         padded_tokens=padded_tokens,
+        step_seconds=progress.step_seconds,
         wall_seconds=wall,
         device=device,
         peak_memory_bytes=peak,

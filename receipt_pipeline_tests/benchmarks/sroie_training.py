@@ -21,14 +21,11 @@ SHARES = (0.7, 0.1, 0.2)  # train, validation (early stopping), held back
 SECONDS_PER_EPOCH = 130
 
 
-def run(
-    minutes: float = 20.0, entity_share_target: float = 0.0, seconds_per_epoch: float = SECONDS_PER_EPOCH, **overrides
-) -> dict:
+def sroie_windows(work: Path, entity_share_target: float = 0.0):
+    """The shared SROIE split, split by receipt and cut into the compact tokenizer's windows under ``work``."""
     from receipt_pipeline.core import bio
     from receipt_pipeline.core.base_model import COMPACT, load_tokenizer, tokenizer_fingerprint
-    from receipt_pipeline.core.evaluation import evaluate
     from receipt_pipeline.core.sroie import read_sroie
-    from receipt_pipeline.core.training import TrainingOptions, train
     from receipt_pipeline.core.windows import WindowOptions, write_windows
 
     sroie = read_sroie(str(SHARED_SROIE))
@@ -36,7 +33,6 @@ def run(
         [sroie.frame], bio.SplitOptions(shares=SHARES, seed=42, entity_share_target=entity_share_target)
     )
     tokenizer = load_tokenizer(COMPACT)
-    work = Path(tempfile.mkdtemp(prefix="sroie-training-"))
     manifest, stats = write_windows(
         split.table.to_batches(),
         tokenizer,
@@ -45,6 +41,19 @@ def run(
         WindowOptions(),
         settings={"tokenizer": {"base_model": COMPACT, "fingerprint": tokenizer_fingerprint(tokenizer)}},
     )
+    return sroie, split, tokenizer, manifest, stats
+
+
+def run(
+    minutes: float = 20.0, entity_share_target: float = 0.0, seconds_per_epoch: float = SECONDS_PER_EPOCH, **overrides
+) -> dict:
+    from receipt_pipeline.core import bio
+    from receipt_pipeline.core.base_model import COMPACT
+    from receipt_pipeline.core.evaluation import evaluate
+    from receipt_pipeline.core.training import TrainingOptions, train
+
+    work = Path(tempfile.mkdtemp(prefix="sroie-training-"))
+    sroie, split, tokenizer, manifest, stats = sroie_windows(work, entity_share_target)
     epochs = max(1, int(minutes * 60 // seconds_per_epoch))
     # the budget stops the run, not early stopping: 62 validation receipts are a noisy signal, and patience 3
     # stopped a run at epoch 6 on a peak from epoch 3; the best checkpoint by validation F1 is kept either way

@@ -129,3 +129,19 @@ def test_checkpoints_sync_to_s3_marker_last_and_restore_without_pickles(small_ma
     assert report.windows > 0
     assert result.best_f1 == pytest.approx(max(e.get("eval_f1", 0) for e in result.evaluations))
     assert report.entity["overall"]["f1"] == pytest.approx(result.best_f1)
+
+
+def test_dynamic_padding_feeds_fewer_tokens_than_padding_to_512_and_trains_the_same(small_manifest, tmp_path):
+    # the same order (not grouped by length) and no dropout: padding is all that differs
+    same = dict(QUICK, max_steps=2, eval_steps=2, group_by_length=False, dropout=0.0)
+    fixed = train(small_manifest, tmp_path / "fixed", TrainingOptions(pad_to_length=512, **same))
+    dynamic = train(small_manifest, tmp_path / "dynamic", TrainingOptions(**same))
+
+    assert fixed.padded_tokens == 2 * 4 * 512
+    assert dynamic.real_tokens == fixed.real_tokens
+    assert dynamic.padded_tokens < fixed.padded_tokens
+    assert fixed.real_tokens / fixed.padded_tokens < dynamic.real_tokens / dynamic.padded_tokens <= 1
+    # padding is masked out of attention and loss: the losses agree but for float rounding (other shapes)
+    assert dynamic.first_loss == pytest.approx(fixed.first_loss, rel=1e-3)
+    assert dynamic.last_loss == pytest.approx(fixed.last_loss, rel=0.01)  # Adam amplifies the rounding
+    assert dynamic.step_seconds > 0 and dynamic.step_seconds <= dynamic.wall_seconds
