@@ -19,6 +19,9 @@ from receipt_pipeline.core import local_aws
 from receipt_pipeline.core.settings import DeploymentSettings
 
 DEFAULT_PORT = 5466
+# the dev UI runs jobs and reads the artifacts: reachable from this machine only unless asked otherwise
+DEFAULT_UI_HOST = "127.0.0.1"
+UI_HOST_VARIABLE = "RECEIPT_PIPELINE_UI_HOST"
 
 
 @click.group()
@@ -213,11 +216,24 @@ def demo(port: int, receipts: int, seed: int) -> None:
     click.echo(f"Run history: {home} (browse it with `make dev`)")
 
 
+def dagster_dev_command(ui_host: str, ui_port: int) -> list[str]:
+    """The `dagster dev` command line: webserver and daemon, the UI bound to ``ui_host``."""
+    return [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", ui_host, "-p", str(ui_port)]
+
+
 @main.command()
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port for the AWS emulator.")
+@click.option(
+    "--ui-host",
+    default=DEFAULT_UI_HOST,
+    show_default=True,
+    envvar=UI_HOST_VARIABLE,
+    show_envvar=True,
+    help="Address the UI binds to; 0.0.0.0 serves it to the whole network (it can launch runs: no login).",
+)
 @click.option("--ui-port", type=int, default=3000, show_default=True)
 @click.option("--receipts", type=int, default=60, show_default=True, help="Synthetic receipts to seed.")
-def dev(port: int, ui_port: int, receipts: int) -> None:
+def dev(port: int, ui_host: str, ui_port: int, receipts: int) -> None:
     """Start the AWS emulator (seeded) and `dagster dev` against the local deployment."""
     os.environ.setdefault("RECEIPT_PIPELINE_DEPLOYMENT", "local")
     _local_dagster_home()
@@ -226,9 +242,9 @@ def dev(port: int, ui_port: int, receipts: int) -> None:
     ui = None
     try:
         _seed_if_empty(receipts, seed=7)
-        command = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml"]
-        command += ["-h", "127.0.0.1", "-p", str(ui_port)]
-        ui = subprocess.Popen(command, start_new_session=True)
+        if ui_host != DEFAULT_UI_HOST:
+            click.echo(f"the UI binds to {ui_host}: anyone who can reach it can launch runs", err=True)
+        ui = subprocess.Popen(dagster_dev_command(ui_host, ui_port), start_new_session=True)
         ui.wait()
     finally:
         if ui is not None:

@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 THROTTLE = "throttle"
 PARTIAL_BATCH_WRITE = "partial_batch_write"
 CAPACITY_REFUSAL = "capacity_refusal"
+ACTION_FAILURE = "action_failure"
 BATCH_WRITE_TARGET = "DynamoDB_20120810.BatchWriteItem"
 
 THROTTLING_ERROR_TYPE = "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException"
@@ -74,6 +75,7 @@ class FaultProxy:
         self._partial_writes_left = 0
         self._partial_keep = 0
         self._refused_capacity: dict[tuple[str, str], str] = {}  # (instance type, market) -> EC2 error code
+        self._failing_actions: dict[str, list[tuple[str, int]]] = {}  # query-protocol Action -> (code, status)s
         self.injected: Counter[str] = Counter()  # faults injected, by kind (THROTTLE, PARTIAL_BATCH_WRITE)
         self.throttled: Counter[str] = Counter()  # throttling errors sent, by X-Amz-Target
         self.deferred_items = 0  # items answered as unprocessed instead of being written
@@ -102,6 +104,12 @@ class FaultProxy:
         as EC2 answers when a zone has no capacity, until :meth:`restore_capacity`."""
         with self._lock:
             self._refused_capacity[(instance_type, market)] = code
+
+    def fail_action(self, action: str, code: str, times: int = 1, status: int = 403) -> None:
+        """The next ``times`` requests of a query-protocol ``action`` (EC2's ``DescribeSpotPriceHistory``, ...)
+        are answered with the error ``code``, without reaching the emulator."""
+        with self._lock:
+            self._failing_actions.setdefault(action, []).extend([(code, status)] * times)
 
     def restore_capacity(self) -> None:
         with self._lock:
@@ -153,6 +161,10 @@ class FaultProxy:
             self.requests[target] += 1
         if self._take_throttle(target):
             return _throttling_answer()
+        if not target and b"Action=" in body:
+            failure = self._take_action_failure(body)
+            if failure is not None:
+                return failure
         if not target and b"Action=RunInstances" in body:
             refusal = self._capacity_refusal(body)
             if refusal is not None:
@@ -180,6 +192,22 @@ class FaultProxy:
             f"</Message></Error></Errors><RequestID>{_request_id()}</RequestID></Response>"
         ).encode()
         return _Answer(400, [("Content-Type", "text/xml")], document)
+
+    def _take_action_failure(self, body: bytes) -> _Answer | None:
+        action = parse_qs(body.decode(errors="replace")).get("Action", [""])[0]
+        with self._lock:
+            queued = self._failing_actions.get(action)
+            if not queued:
+                return None
+            code, status = queued.pop(0)
+            self.injected[ACTION_FAILURE] += 1
+            self.requests[f"{action} failed with {code}"] += 1
+        document = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>'
+            f"{code}</Code><Message>{action} was refused ({code}).</Message></Error></Errors>"
+            f"<RequestID>{_request_id()}</RequestID></Response>"
+        ).encode()
+        return _Answer(status, [("Content-Type", "text/xml")], document)
 
     def _take_throttle(self, target: str) -> bool:
         with self._lock:

@@ -3,7 +3,8 @@
 A checkpoint on S3 counts only once its ``COMPLETE`` marker is there, and the marker is uploaded after
 every other file, so an upload cut short is never resumed from. Optimizer, scheduler and RNG states
 are pickles and stay local: resuming from S3 restores the weights and the Trainer's progress (step,
-best metric, early-stopping patience), and the optimizer's moments start again.
+best metric, early-stopping patience), and the optimizer's moments start again. A checkpoint on S3
+whose weights are pickles only is refused: nothing from S3 is ever unpickled.
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from receipt_pipeline.core import storage
+from receipt_pipeline.core.base_model import UNSAFE_SUFFIXES
 from receipt_pipeline.core.training import CHECKPOINTS, COMPLETE_MARKER
 
 SAFE_SUFFIXES = (".json", ".safetensors", ".txt")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint on S3 cannot be resumed from; the message names it and the cause."""
 
 
 def upload_folder(folder: Path, prefix: str) -> list[str]:
@@ -56,6 +62,15 @@ def restore_latest(run_uri: str, run_dir: Path) -> Path | None:
     if not complete:
         return None
     step = max(complete)
+    names = [uri.rsplit("/", 1)[-1] for uri in complete[step]]
+    if not any(name.endswith(".safetensors") for name in names):
+        pickled = [name for name in names if name.endswith(UNSAFE_SUFFIXES)]
+        found = f"only pickled weights ({', '.join(sorted(pickled))})" if pickled else "no weights"
+        raise CheckpointError(
+            f"checkpoint {storage.join(run_uri, f'checkpoint-{step}')} has {found}; pickles from S3 are never "
+            "loaded: a checkpoint is resumed from its model.safetensors only (delete this one to resume from an "
+            "older checkpoint)"
+        )
     target = Path(run_dir) / CHECKPOINTS / f"checkpoint-{step}"
     target.mkdir(parents=True, exist_ok=True)
     marker = None

@@ -39,6 +39,10 @@ class CapacityError(RuntimeError):
     """No placement in the fallback list could be started; the message lists each refusal."""
 
 
+class LaunchError(RuntimeError):
+    """An instance was started but its launch could not be completed; the instance was terminated."""
+
+
 @dataclass(frozen=True)
 class InstanceSpec:
     """How the instances of GPU runs are started (the launcher's config)."""
@@ -168,16 +172,34 @@ def start_instance(
             refusals.append(f"{candidate_type} {candidate_market}: {code}")
             continue
         zone = instance.get("Placement", {}).get("AvailabilityZone", "")
+        try:
+            price = hourly_price(ec2, spec, candidate_type, candidate_market, zone)
+        except Exception as error:
+            raise end_after_failed_launch(ec2, instance["InstanceId"], "looking up its hourly price", error) from error
         return StartedInstance(
             instance_id=instance["InstanceId"],
             instance_type=candidate_type,
             market=candidate_market,
             zone=zone,
-            hourly_price=hourly_price(ec2, spec, candidate_type, candidate_market, zone),
+            hourly_price=price,
             launch_time=instance.get("LaunchTime") or dt.datetime.now(dt.UTC),
             refusals=tuple(refusals),
         )
     raise CapacityError("no GPU capacity: " + "; ".join(refusals))
+
+
+def end_after_failed_launch(ec2, instance_id: str, step: str, error: BaseException) -> LaunchError:
+    """Terminates an instance whose launch failed after RunInstances, so that no instance is left running
+    without a run that knows it; the error says what failed and what became of the instance."""
+    try:
+        terminate_instance(ec2, instance_id)
+        outcome = "the instance was terminated"
+    except Exception as terminate_error:  # the same outage may refuse this too: the reaper sensor is the backstop
+        outcome = (
+            f"terminating it failed too ({terminate_error}); the sensor terminate_gpu_instances_of_ended_runs "
+            "ends it once its run has failed"
+        )
+    return LaunchError(f"EC2 instance {instance_id} was started but {step} failed: {error}; {outcome}")
 
 
 def hourly_price(ec2, spec: InstanceSpec, instance_type: str, market: str, zone: str) -> float | None:

@@ -29,7 +29,7 @@ from dagster._serdes import ConfigurableClass, serialize_value
 from dagster._serdes.config_class import ConfigurableClassData
 
 from receipt_pipeline.core import aws
-from receipt_pipeline.launcher import ec2, tags, user_data
+from receipt_pipeline.launcher import ec2, no_secrets, tags, user_data
 
 DEFAULT_GPU_ASSETS = ("layoutlm_checkpoint", "sweep_trial")
 
@@ -81,6 +81,14 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
         self.package_index_url = package_index_url
         self.worker_env = dict(worker_env or {})
         self.env_vars = list(env_vars or [])
+        # values go into the user data and the tags as they are: none may be a secret
+        no_secrets.check_mapping(self.worker_env, "worker_env variable")
+        no_secrets.check_mapping(self.spec.extra_tags, "extra_tags tag")
+        for entry in self.env_vars:
+            name, has_value, value = entry.partition("=")
+            no_secrets.check_name(name, "env_vars variable")
+            if has_value:
+                no_secrets.check_value(name, value, "env_vars variable")
         for name, reference in (secrets or {}).items():
             if not reference.startswith(("ssm:", "secretsmanager:")):
                 raise ValueError(f"secret {name}: {reference!r} is neither ssm:NAME nor secretsmanager:NAME")
@@ -167,6 +175,7 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
             if has_value:
                 env[name] = value
             elif name in os.environ:
+                no_secrets.check_value(name, os.environ[name], "env_vars variable")
                 env[name] = os.environ[name]
         return env
 
@@ -208,6 +217,15 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
             instance_type=run.tags.get(tags.INSTANCE_TYPE),
             market=run.tags.get(tags.MARKET),
         )
+        try:
+            self._record_instance(run, started)
+        except Exception as error:
+            # an instance no run knows would run until the reaper sensor found it
+            raise ec2.end_after_failed_launch(
+                self.ec2_client, started.instance_id, f"recording it on run {run.run_id}", error
+            ) from error
+
+    def _record_instance(self, run, started: ec2.StartedInstance) -> None:
         price = "" if started.hourly_price is None else f"{started.hourly_price:g}"
         # a retry copies its parent's tags: every record is overwritten here
         self._instance.add_run_tags(
@@ -261,6 +279,24 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
             detail = f" ({status.reason})" if status.reason else ""
             message = f"EC2 instance {instance_id} is {status.state}{detail} while its run was still going"
         return CheckRunHealthResult(WorkerStatus.FAILED, message, run_worker_id=instance_id)
+
+    def get_run_worker_debug_info(self, run, include_container_logs: bool | None = True) -> str | None:
+        """What run monitoring adds to a start or cancel timeout: the instance's state (a run whose instance
+        stays pending never starts). The sensor terminate_gpu_instances_of_ended_runs then ends the instance."""
+        instance_id = run.tags.get(tags.INSTANCE_ID)
+        if not instance_id:
+            if not self.is_gpu_run(run):
+                return self._default.get_run_worker_debug_info(run, include_container_logs)
+            return (
+                f"no EC2 instance was recorded for run {run.run_id}: its launch did not finish; any instance tagged "
+                f"{tags.INSTANCE_RUN_ID}={run.run_id} is terminated by the sensor terminate_gpu_instances_of_ended_runs"
+            )
+        status = ec2.instance_status(self.ec2_client, instance_id)
+        detail = f" ({status.reason})" if status.reason else ""
+        return (
+            f"EC2 instance {instance_id} is {status.state}{detail}; once the run has failed, the sensor "
+            "terminate_gpu_instances_of_ended_runs terminates it"
+        )
 
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)

@@ -16,6 +16,8 @@ from string import Template
 
 import yaml
 
+from receipt_pipeline.launcher import no_secrets
+
 PACKAGE = "receipt_pipeline"
 # EC2 refuses user data over 16 KiB (before base64)
 MAX_USER_DATA_BYTES = 16 * 1024
@@ -48,6 +50,9 @@ def render(run_id: str, version: str, spec: Mapping, install: str) -> str:
     text = template.substitute(
         run_id=run_id, version=version, run_spec=json.dumps(spec, indent=2, sort_keys=True), install_commands=install
     )
+    kind = no_secrets.secret_kind(text)
+    if kind:  # the last net: whatever put it there, a secret value never reaches EC2
+        raise UserDataError(f"user data for run {run_id} holds what looks like {kind}; {no_secrets.HOW}")
     size = len(text.encode())
     if size > MAX_USER_DATA_BYTES:
         raise UserDataError(f"user data for run {run_id} is {size} bytes; EC2 takes at most {MAX_USER_DATA_BYTES}")
@@ -66,7 +71,8 @@ def worker_dagster_yaml(instance_ref) -> str:
     """The run worker's dagster.yaml: the launching instance's storage, artifact storage and compute logs.
 
     Config values are copied as written, so ``{env: NAME}`` stays a reference that the worker resolves
-    from its own environment, where the bootstrap put the fetched secrets."""
+    from its own environment, where the bootstrap put the fetched secrets. A literal secret there (a
+    password, a URL with one) is refused."""
 
     def section(data) -> dict:
         return {"module": data.module_name, "class": data.class_name, "config": yaml.safe_load(data.config_yaml) or {}}
@@ -80,4 +86,5 @@ def worker_dagster_yaml(instance_ref) -> str:
         config["schedule_storage"] = section(instance_ref.schedule_storage_data)
     config["local_artifact_storage"] = section(instance_ref.local_artifact_storage_data)
     config["compute_logs"] = section(instance_ref.compute_logs_data)
+    no_secrets.check_config(config, "the Dagster instance config copied into GPU instances' user data")
     return yaml.safe_dump(config, sort_keys=False)

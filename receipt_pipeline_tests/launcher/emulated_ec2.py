@@ -47,6 +47,16 @@ def interrupt_spot_instance(instance_id: str, region: str = "us-east-1") -> None
     instance._reason = "Service initiated"
 
 
+def hold_pending(instance_id: str, region: str = "us-east-1") -> None:
+    """The instance never gets past ``pending`` (EC2 cannot place it, or its host never boots): the
+    emulator starts every instance at once, so it is put back where EC2 would leave it."""
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.instances import InstanceState
+
+    instance = ec2_backends[EMULATOR_ACCOUNT][region].get_instance(instance_id)
+    instance._state = InstanceState("pending", 0)
+
+
 def instance_ids_for_run(run_id: str) -> list[str]:
     ec2 = aws.client("ec2")
     pages = ec2.get_paginator("describe_instances").paginate(
