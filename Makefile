@@ -38,8 +38,9 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest -q
 
+# rewrites BENCHMARKS.md's sections; BENCH="windowing demo" runs only those (names: see benchmarks/__main__.py)
 bench: install
-	$(BIN)/python -m receipt_pipeline_tests.benchmarks
+	$(BIN)/python -m receipt_pipeline_tests.benchmarks --write $(BENCH)
 
 # the wheel GPU instances install (upload it under the launcher's wheel_prefix)
 wheel: install

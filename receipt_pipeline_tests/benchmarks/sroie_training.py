@@ -21,14 +21,20 @@ SHARES = (0.7, 0.1, 0.2)  # train, validation (early stopping), held back
 SECONDS_PER_EPOCH = 130
 
 
-def sroie_windows(work: Path, entity_share_target: float = 0.0):
-    """The shared SROIE split, split by receipt and cut into the compact tokenizer's windows under ``work``."""
+def sroie_windows(work: Path, entity_share_target: float = 0.0, receipts: int | None = None):
+    """The shared SROIE split (or its first ``receipts``), split by receipt and cut into the compact
+    tokenizer's windows under ``work``."""
     from receipt_pipeline.core import bio
     from receipt_pipeline.core.base_model import COMPACT, load_tokenizer, tokenizer_fingerprint
     from receipt_pipeline.core.sroie import read_sroie
     from receipt_pipeline.core.windows import WindowOptions, write_windows
 
-    sroie = read_sroie(str(SHARED_SROIE))
+    source = SHARED_SROIE
+    if receipts:
+        from receipt_pipeline_tests.training_data import sroie_subset
+
+        source = sroie_subset(SHARED_SROIE, work / "sroie", receipts)
+    sroie = read_sroie(str(source))
     split = bio.build_split(
         [sroie.frame], bio.SplitOptions(shares=SHARES, seed=42, entity_share_target=entity_share_target)
     )
