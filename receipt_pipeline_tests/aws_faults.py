@@ -72,6 +72,8 @@ class FaultProxy:
         self._upstream = (upstream.hostname, upstream.port or 80)
         self._lock = threading.Lock()
         self._throttles_left: Counter[str] = Counter()  # X-Amz-Target -> requests still to throttle
+        self._half_throttled: set[str] = set()  # X-Amz-Targets whose first attempts are all throttled
+        self._throttled_calls: set[str] = set()  # calls (botocore invocation ids) throttled once already
         self._partial_writes_left = 0
         self._partial_keep = 0
         self._refused_capacity: dict[tuple[str, str], str] = {}  # (instance type, market) -> EC2 error code
@@ -89,6 +91,14 @@ class FaultProxy:
         """Answers the next ``times`` requests for ``target`` (an ``X-Amz-Target``) with throttling."""
         with self._lock:
             self._throttles_left[target] += times
+
+    def throttle_half(self, *targets: str) -> None:
+        """From now on, half of all requests for ``targets`` are throttled: each call's first attempt is
+        answered with throttling and its retry is forwarded. Half of the requests, deterministically, and never
+        one call throttled twice in a row, however the client's threads interleave. A call is told apart by
+        botocore's ``amz-sdk-invocation-id`` header, which its retries repeat (or by its body without one)."""
+        with self._lock:
+            self._half_throttled.update(targets)
 
     def partial_batch_writes(self, times: int, keep: int) -> None:
         """The next ``times`` BatchWriteItem requests with more than ``keep`` items write only the
@@ -159,7 +169,7 @@ class FaultProxy:
         target = headers.get("X-Amz-Target", "")
         with self._lock:
             self.requests[target] += 1
-        if self._take_throttle(target):
+        if self._take_throttle(target) or self._take_half_throttle(target, headers, body):
             return _throttling_answer()
         if not target and b"Action=" in body:
             failure = self._take_action_failure(body)
@@ -214,6 +224,16 @@ class FaultProxy:
             if self._throttles_left[target] <= 0:
                 return False
             self._throttles_left[target] -= 1
+            self.injected[THROTTLE] += 1
+            self.throttled[target] += 1
+            return True
+
+    def _take_half_throttle(self, target: str, headers: Message, body: bytes) -> bool:
+        call = headers.get("amz-sdk-invocation-id") or f"{target} {zlib.crc32(body)}"
+        with self._lock:
+            if target not in self._half_throttled or call in self._throttled_calls:
+                return False
+            self._throttled_calls.add(call)
             self.injected[THROTTLE] += 1
             self.throttled[target] += 1
             return True

@@ -24,9 +24,11 @@ from typing import Any, Literal
 
 import pandas as pd
 from boto3.dynamodb.types import TypeDeserializer
+from botocore.exceptions import ClientError
 
 from receipt_pipeline.core import aws, word_table
 from receipt_pipeline.core.dynamo_schema import (
+    LABEL_VOCABULARY,
     RECEIPT_WORD,
     RECEIPT_WORD_LABEL,
     BadItem,
@@ -36,6 +38,7 @@ from receipt_pipeline.core.dynamo_schema import (
     WordLabel,
     image_id_of,
     image_pk,
+    item_key,
     label_sk,
     parse_label,
     parse_word,
@@ -74,7 +77,7 @@ class ReadResult:
     items_read: int  # items DynamoDB evaluated (and bills read capacity for)
     requests: int
     skipped: Counter = field(default_factory=Counter)  # reason -> items
-    skipped_keys: list[str] = field(default_factory=list)  # "PK|SK: reason", the first few
+    skipped_keys: list[str] = field(default_factory=list)  # "PK|SK: reason (detail)", the first few
     label_counts: Counter = field(default_factory=Counter)  # final label -> words
     words_with_conflicting_labels: int = 0
     newest_label_timestamp: str | None = None
@@ -108,10 +111,41 @@ def _plain(item: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _pages(client, operation: str, tally: _Tally, **kwargs) -> Iterator[dict[str, Any]]:
-    for page in client.get_paginator(operation).paginate(**kwargs):
-        # what DynamoDB bills for: every item a Scan evaluates, not only those its filter returns
-        tally.page(page.get("ScannedCount", len(page.get("Items", []))))
-        yield from (_plain(item) for item in page.get("Items", []))
+    try:
+        for page in client.get_paginator(operation).paginate(**kwargs):
+            # what DynamoDB bills for: every item a Scan evaluates, not only those its filter returns
+            tally.page(page.get("ScannedCount", len(page.get("Items", []))))
+            yield from (_plain(item) for item in page.get("Items", []))
+    except ClientError as error:
+        explained = _missing_table_or_index(error, client, kwargs["TableName"], kwargs.get("IndexName"))
+        if explained is None:
+            raise
+        raise explained from error
+
+
+def _missing_table_or_index(error: ClientError, client, table: str, index: str | None) -> ReceiptReadError | None:
+    """A clear error for a table or index that does not exist; None for any other error."""
+    code = error.response.get("Error", {}).get("Code", "")
+    message = error.response.get("Error", {}).get("Message", "")
+    said = f"(DynamoDB said {code}: {message})"
+    where = f"region {client.meta.region_name}, endpoint {client.meta.endpoint_url}"
+    # DynamoDB answers a missing index with a ValidationException, the emulator with ResourceNotFound naming it
+    index_missing = index is not None and (
+        (code == "ValidationException" and "index" in message.lower())
+        or (code == "ResourceNotFoundException" and index in message)
+    )
+    if index_missing:
+        return ReceiptReadError(
+            f"table {table!r} has no index {index!r} {said}: the 'gsi3' read strategy and the label snapshot "
+            f"query it by validation status ({index}PK = VALIDATION_STATUS#<status>). Create the index as the "
+            "schema describes, or read with strategy 'scan', which needs no index"
+        )
+    if code == "ResourceNotFoundException":
+        return ReceiptReadError(
+            f"table {table!r} does not exist in {where} {said}: check the table's name (RECEIPTS_TABLE, or the "
+            "asset's `table` config), the region and the credentials' account"
+        )
+    return None
 
 
 # ------------------------------------------------------------------------------------------ fetching
@@ -195,10 +229,10 @@ class _Partial:
     conflicts: int = 0
     newest_label_timestamp: str = ""
 
-    def skip(self, reason: str, key: str) -> None:
+    def skip(self, reason: str, key: str, detail: str = "") -> None:
         self.skipped[reason] += 1
         if len(self.skipped_keys) < MAX_LISTED_BAD_KEYS:
-            self.skipped_keys.append(f"{key}: {reason}")
+            self.skipped_keys.append(f"{key}: {reason}" + (f" ({detail})" if detail else ""))
 
 
 def _item_type(item: Mapping[str, Any]) -> str | None:
@@ -249,6 +283,7 @@ def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Parti
     labels: list[WordLabel] = []
     bad: list[tuple[WordKey | None, BadItem]] = []
     items_per_receipt: Counter = Counter()
+    seen: set[str] = set()
     for item in items:
         item_type = _item_type(item)
         if item_type not in (RECEIPT_WORD, RECEIPT_WORD_LABEL):
@@ -256,6 +291,11 @@ def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Parti
         key = word_key_of(item)
         if key is not None:
             items_per_receipt[key[:2]] += 1
+        # a table holds one item per key; the same key twice means a read delivered it twice
+        if item_key(item) in seen:
+            bad.append((key, BadItem("duplicate_item", item_key(item), "the same key was read twice")))
+            continue
+        seen.add(item_key(item))
         try:
             if item_type == RECEIPT_WORD:
                 word = parse_word(item, options.coordinate_tolerance)
@@ -265,16 +305,24 @@ def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Parti
         except BadItem as error:
             bad.append((key, error))
 
+    bad_keys = {key for key, _ in bad}  # words whose own items (or their labels' items) were unusable
     accepted: dict[WordKey, list[WordLabel]] = defaultdict(list)
+    known = {*LABEL_VOCABULARY, *options.label_merges, *options.label_allowlist}
+    receipts: set[ReceiptKey] = set()
     for label in labels:
-        if label.validation_status in options.accepted_statuses:
+        if label.validation_status not in options.accepted_statuses:
+            continue
+        receipts.add(label.key[:2])
+        if label.label in known:
             accepted[label.key].append(label)
-    partial.receipts = {key[:2] for key in accepted}
+        else:  # a typo or a label nobody configured: never trained on as if it were one
+            sk = label_sk(*label.key[1:], label.label)
+            bad.append((label.key, BadItem("unknown_label", f"{image_pk(label.key[0])}|{sk}", label.label)))
+    partial.receipts = receipts
 
     for key, error in bad:
         if key is None or key[:2] in partial.receipts:
-            partial.skip(error.reason, error.key)
-    bad_keys = {key for key, _ in bad}
+            partial.skip(error.reason, error.key, error.detail)
     for key, word_labels in accepted.items():
         if key not in words:
             reason = "label_on_bad_word" if key in bad_keys else "label_without_word"
@@ -379,7 +427,8 @@ def _combine(partials: list[_Partial], options: ReadOptions, tally: _Tally, snap
         raise ReceiptReadError(
             f"table {options.table!r}: {result.skipped_total} of {considered} items are bad "
             f"({bad_share:.1%} > the {options.max_bad_share:.1%} threshold): {dict(skipped)}; "
-            f"first keys: {result.skipped_keys[:5]}"
+            f"the bad items: {'; '.join(result.skipped_keys)}"
+            + (f"; and {unlisted} more" if (unlisted := result.skipped_total - len(result.skipped_keys)) else "")
         )
     return result
 

@@ -111,6 +111,7 @@ class BadItem(ValueError):
     def __init__(self, reason: str, key: str, detail: str = ""):
         self.reason = reason
         self.key = key
+        self.detail = detail
         super().__init__(f"{key}: {reason}" + (f" ({detail})" if detail else ""))
 
 
@@ -167,18 +168,29 @@ def flip_box(x: float, y: float, width: float, height: float) -> tuple[float, fl
 
 
 def parse_word(item: dict[str, Any], tolerance: float = 0.01) -> Word:
-    """A ``RECEIPT_WORD`` item as a :class:`Word`; raises :class:`BadItem` naming the problem."""
+    """A ``RECEIPT_WORD`` item as a :class:`Word`; raises :class:`BadItem` naming the problem.
+
+    ``text`` and ``bounding_box`` are required; ``confidence`` may be absent (NaN in the word table, which
+    SROIE words share) but, when present, must be a number in (0, 1] as the schema says.
+    """
     key = item_key(item)
     image_id = image_id_of(item.get("PK", ""))
     match = _WORD_SK.match(item.get("SK", ""))
     if image_id is None or match is None:
         raise BadItem("malformed_key", key)
     text = item.get("text")
-    if not isinstance(text, str) or not text.strip():
+    if text is not None and not isinstance(text, str):
+        raise BadItem("wrong_type", key, f"text={text!r}, expected a string")
+    if text is None or not text.strip():
         raise BadItem("missing_text", key)
     box = item.get("bounding_box")
-    if not isinstance(box, dict) or not {"x", "y", "width", "height"} <= box.keys():
+    if box is None:
         raise BadItem("missing_box", key)
+    if not isinstance(box, dict):
+        raise BadItem("wrong_type", key, f"bounding_box={box!r}, expected a map")
+    absent = [name for name in ("x", "y", "width", "height") if name not in box]
+    if absent:
+        raise BadItem("missing_box", key, f"bounding_box has no {', '.join(absent)}")
     x, y, w, h = (_number(box[name], name, key) for name in ("x", "y", "width", "height"))
     if w < 0 or h < 0:
         raise BadItem("negative_box_size", key, f"width={w}, height={h}")
@@ -186,8 +198,6 @@ def parse_word(item: dict[str, Any], tolerance: float = 0.01) -> Word:
     if min(x0, y0) < -tolerance or max(x1, y1) > 1.0 + tolerance:
         raise BadItem("coordinate_out_of_range", key, f"x={x}, y={y}, width={w}, height={h}")
     x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) for v in (x0, y0, x1, y1))
-    confidence = item.get("confidence")
-    confidence = float(confidence) if isinstance(confidence, int | float | Decimal) else math.nan
     return Word(
         key=(image_id, int(match["receipt"]), int(match["line"]), int(match["word"])),
         text=text,
@@ -195,26 +205,52 @@ def parse_word(item: dict[str, Any], tolerance: float = 0.01) -> Word:
         y0=y0,
         x1=x1,
         y1=y1,
-        confidence=confidence,
+        confidence=_confidence(item.get("confidence"), key),
     )
 
 
+def _confidence(value: Any, key: str) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+        raise BadItem("wrong_type", key, f"confidence={value!r}, expected a number")
+    try:
+        confidence = float(value)
+    except ValueError as error:
+        raise BadItem("wrong_type", key, f"confidence={value!r}, expected a number") from error
+    if math.isnan(confidence):
+        raise BadItem("nan_confidence", key, f"confidence={value!r}")
+    if not 0.0 < confidence <= 1.0:
+        raise BadItem("confidence_out_of_range", key, f"confidence={value!r}, expected 0 < c <= 1")
+    return confidence
+
+
 def parse_label(item: dict[str, Any]) -> WordLabel:
-    """A ``RECEIPT_WORD_LABEL`` item as a :class:`WordLabel`; raises :class:`BadItem`."""
+    """A ``RECEIPT_WORD_LABEL`` item as a :class:`WordLabel`; raises :class:`BadItem`.
+
+    The label is the one the key names; a ``label`` attribute, where present, must name the same one.
+    Whether the label is known (:data:`LABEL_VOCABULARY`) is the reader's call, which knows the merges.
+    """
     key = item_key(item)
     image_id = image_id_of(item.get("PK", ""))
     match = _LABEL_SK.match(item.get("SK", ""))
     if image_id is None or match is None:
         raise BadItem("malformed_key", key)
-    label = item.get("label") or match["label"]
-    if not isinstance(label, str):
-        raise BadItem("missing_label", key)
+    label = item.get("label")
+    if label is not None and not isinstance(label, str):
+        raise BadItem("wrong_type", key, f"label={label!r}, expected a string")
+    if label and label.strip().upper() != match["label"]:
+        raise BadItem("label_disagrees_with_key", key, f"label={label!r} but the key says {match['label']}")
     status = item.get("validation_status")
+    if status is None:
+        raise BadItem("missing_validation_status", key)
+    if not isinstance(status, str):
+        raise BadItem("wrong_type", key, f"validation_status={status!r}, expected a string")
     if status not in VALIDATION_STATUSES:
         raise BadItem("unknown_validation_status", key, f"validation_status={status!r}")
     return WordLabel(
         key=(image_id, int(match["receipt"]), int(match["line"]), int(match["word"])),
-        label=label.upper(),
+        label=match["label"],
         validation_status=status,
         timestamp_added=str(item.get("timestamp_added") or ""),
     )
