@@ -169,6 +169,46 @@ class TokenLoss:
         return total / torch.as_tensor(count, device=total.device).clamp(min=1)
 
 
+class LengthBucketSampler:
+    """An epoch's windows sorted by length (ties broken at random) and cut into batches of similar length,
+    the batches in a random order; the batch holding the longest window comes first, so an out-of-memory
+    shows at the first step.
+
+    The order is drawn from ``(seed, epoch)`` alone, and the Trainer calls :meth:`set_epoch`: a run resumed
+    mid-epoch skips into the very batches an uninterrupted run sees. (The Trainer's LengthGroupedSampler
+    draws from the global generator, whose state on resume differs.) Sorting the whole epoch also pads less
+    than its groups of ``4 x batch`` windows: BENCHMARKS.md, "Training throughput".
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self) -> list[list[int]]:
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        tie_breaks = torch.rand(len(self.lengths), generator=generator).tolist()
+        order = sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], tie_breaks[i]))
+        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        longest = max(range(len(shuffled)), key=lambda i: max(self.lengths[j] for j in shuffled[i]), default=0)
+        shuffled[0], shuffled[longest] = shuffled[longest], shuffled[0]
+        return shuffled
+
+    def __iter__(self):
+        for batch in self.batches():
+            yield from batch
+
+
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
@@ -369,6 +409,11 @@ def train(
 
     class WindowTrainer(Trainer):
         padded_tokens = 0
+
+        def _get_train_sampler(self, train_dataset=None):
+            if not options.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            return LengthBucketSampler(train_set.lengths, self._train_batch_size, options.seed)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             self.padded_tokens += int(inputs["input_ids"].numel())

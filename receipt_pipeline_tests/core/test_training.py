@@ -145,3 +145,22 @@ def test_dynamic_padding_feeds_fewer_tokens_than_padding_to_512_and_trains_the_s
     assert dynamic.first_loss == pytest.approx(fixed.first_loss, rel=1e-3)
     assert dynamic.last_loss == pytest.approx(fixed.last_loss, rel=0.01)  # Adam amplifies the rounding
     assert dynamic.step_seconds > 0 and dynamic.step_seconds <= dynamic.wall_seconds
+
+
+def test_the_length_bucket_sampler_pads_little_and_its_order_depends_only_on_seed_and_epoch():
+    lengths = [((i * 37) % 500) + 12 for i in range(103)]
+    sampler = training.LengthBucketSampler(lengths, batch_size=8, seed=3)
+    first = sampler.batches()
+    assert sorted(i for batch in first for i in batch) == list(range(103))  # every window once
+    assert max(lengths[i] for i in first[0]) == max(lengths)  # the longest batch first
+    # batches of similar length: far less padding than the same windows batched in index order
+    padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in first)
+    in_order = sum(8 * max(lengths[i : i + 8]) for i in range(0, 103, 8))
+    assert sum(lengths) / padded > 0.9 > 0.7 > sum(lengths) / in_order
+
+    again = training.LengthBucketSampler(lengths, batch_size=8, seed=3)
+    assert again.batches() == first and list(again) == [i for batch in first for i in batch]
+    sampler.set_epoch(1)
+    assert sampler.batches() != first
+    again.set_epoch(1)
+    assert again.batches() == sampler.batches()
