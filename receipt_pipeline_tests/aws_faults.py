@@ -195,13 +195,8 @@ class FaultProxy:
                 return None
             self.injected[CAPACITY_REFUSAL] += 1
             self.requests[f"RunInstances {instance_type} {market} refused"] += 1
-        # EC2's query-protocol error document; sent as 400 so that the refusal is seen once, not retried
-        document = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>'
-            f"{code}</Code><Message>There is no {market} capacity for {instance_type} in the requested zone."
-            f"</Message></Error></Errors><RequestID>{_request_id()}</RequestID></Response>"
-        ).encode()
-        return _Answer(400, [("Content-Type", "text/xml")], document)
+        # sent as 400 so that the refusal is seen once, not retried
+        return _ec2_error(400, code, f"There is no {market} capacity for {instance_type} in the requested zone.")
 
     def _take_action_failure(self, body: bytes) -> _Answer | None:
         action = parse_qs(body.decode(errors="replace")).get("Action", [""])[0]
@@ -212,12 +207,7 @@ class FaultProxy:
             code, status = queued.pop(0)
             self.injected[ACTION_FAILURE] += 1
             self.requests[f"{action} failed with {code}"] += 1
-        document = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>'
-            f"{code}</Code><Message>{action} was refused ({code}).</Message></Error></Errors>"
-            f"<RequestID>{_request_id()}</RequestID></Response>"
-        ).encode()
-        return _Answer(status, [("Content-Type", "text/xml")], document)
+        return _ec2_error(status, code, f"{action} was refused ({code}).")
 
     def _take_throttle(self, target: str) -> bool:
         with self._lock:
@@ -304,6 +294,16 @@ def _by_table(writes: list[tuple[str, dict]]) -> dict[str, list[dict]]:
     for table, write in writes:
         grouped.setdefault(table, []).append(write)
     return grouped
+
+
+def _ec2_error(status: int, code: str, message: str) -> _Answer:
+    """EC2's query-protocol error document."""
+    document = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>'
+        f"{code}</Code><Message>{message}</Message></Error></Errors>"
+        f"<RequestID>{_request_id()}</RequestID></Response>"
+    ).encode()
+    return _Answer(status, [("Content-Type", "text/xml")], document)
 
 
 def _request_id() -> str:
