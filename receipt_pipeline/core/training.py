@@ -171,8 +171,8 @@ class TokenLoss:
 
 class LengthBucketSampler:
     """An epoch's windows sorted by length (ties broken at random) and cut into batches of similar length,
-    the batches in a random order; the batch holding the longest window comes first, so an out-of-memory
-    shows at the first step.
+    the batches in a random order, but for two: the batch of the longest windows comes first, so that an
+    out-of-memory shows at the first step, and a short remainder of the shortest comes last.
 
     The order is drawn from ``(seed, epoch)`` alone, and the Trainer calls :meth:`set_epoch`: a run resumed
     mid-epoch skips into the very batches an uninterrupted run sees. (The Trainer's LengthGroupedSampler
@@ -197,12 +197,13 @@ class LengthBucketSampler:
 
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         tie_breaks = torch.rand(len(self.lengths), generator=generator).tolist()
-        order = sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], tie_breaks[i]))
-        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
-        shuffled = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-        longest = max(range(len(shuffled)), key=lambda i: max(self.lengths[j] for j in shuffled[i]), default=0)
-        shuffled[0], shuffled[longest] = shuffled[longest], shuffled[0]
-        return shuffled
+        # longest first, so that a short remainder holds the shortest windows and can go last: the
+        # DataLoader cuts this stream into batches again, and only a last short batch keeps them aligned
+        order = sorted(range(len(self.lengths)), key=lambda i: (-self.lengths[i], tie_breaks[i]))
+        full = len(order) - len(order) % self.batch_size
+        batches = [order[start : start + self.batch_size] for start in range(0, full, self.batch_size)]
+        rest = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist() if i > 0]
+        return [*batches[:1], *rest, *([order[full:]] if full < len(order) else [])]
 
     def __iter__(self):
         for batch in self.batches():

@@ -153,6 +153,10 @@ def test_the_length_bucket_sampler_pads_little_and_its_order_depends_only_on_see
     first = sampler.batches()
     assert sorted(i for batch in first for i in batch) == list(range(103))  # every window once
     assert max(lengths[i] for i in first[0]) == max(lengths)  # the longest batch first
+    # full batches, and the short remainder (the shortest windows) last: the DataLoader, which cuts the
+    # stream into batches of 8 again, then cuts it where the sampler did
+    assert [len(batch) for batch in first] == [8] * 12 + [7]
+    assert max(lengths[i] for i in first[-1]) == sorted(lengths)[6]
     # batches of similar length: far less padding than the same windows batched in index order
     padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in first)
     in_order = sum(8 * max(lengths[i : i + 8]) for i in range(0, 103, 8))
