@@ -21,7 +21,14 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from receipt_pipeline.core.training import TrainingError, TrainingInterrupted, TrainingOptions, TrainingResult, train
+from receipt_pipeline.core.training import (
+    TrainingError,
+    TrainingInterrupted,
+    TrainingOptions,
+    TrainingResult,
+    is_main_process,
+    train,
+)
 
 JOB_FILE = "distributed_job.json"
 RESULT_FILE = "distributed_result.json"
@@ -92,7 +99,7 @@ def main(argv: list[str]) -> int:
 
     job_path = Path(argv[0])
     job = json.loads(job_path.read_text())
-    main_process = int(os.environ.get("RANK", "0")) == 0
+    main_process = is_main_process()
     sync = CheckpointSync(job["sync_uri"]) if job["sync_uri"] and main_process else None
     result_path = job_path.parent / RESULT_FILE
     try:

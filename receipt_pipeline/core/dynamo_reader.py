@@ -292,10 +292,11 @@ def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Parti
         if key is not None:
             items_per_receipt[key[:2]] += 1
         # a table holds one item per key; the same key twice means a read delivered it twice
-        if item_key(item) in seen:
-            bad.append((key, BadItem("duplicate_item", item_key(item), "the same key was read twice")))
+        identity = item_key(item)
+        if identity in seen:
+            bad.append((key, BadItem("duplicate_item", identity, "the same key was read twice")))
             continue
-        seen.add(item_key(item))
+        seen.add(identity)
         try:
             if item_type == RECEIPT_WORD:
                 word = parse_word(item, options.coordinate_tolerance)

@@ -244,6 +244,11 @@ def check_label_list(checkpoint: Path, tags: list[str]) -> None:
         )
 
 
+def is_main_process() -> bool:
+    """False in every torchrun process but the first: only the first writes files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _distributed():
     """torch.distributed when this process is one of several (torchrun), else None."""
     import torch.distributed as dist
@@ -303,8 +308,7 @@ def train(
     options = (options or TrainingOptions()).resolved()
     run_dir = Path(run_dir)
     tags: list[str] = manifest["tags"]
-    # under torchrun every process runs this function; only the first writes files
-    main_process = int(os.environ.get("RANK", "0")) == 0
+    main_process = is_main_process()  # under torchrun every process runs this function
     removed = remove_incomplete_checkpoints(run_dir) if main_process else []
     resume = latest_complete_checkpoint(run_dir)
     if resume is not None:
