@@ -77,9 +77,14 @@ class TrainingOptions:
     # setting, kept to measure against; BENCHMARKS.md)
     pad_to_length: int | None = None
 
-    def resolved(self) -> TrainingOptions:
-        """These options with every base-model default filled in."""
+    def resolved(self, gpu: bool = False) -> TrainingOptions:
+        """These options with every base-model default filled in. On a ``gpu``, where neither the batch nor the
+        accumulation was set, the default accumulation is folded into the batch: the same optimizer steps in one
+        pass, since a GPU takes as long for batch 8 as for 32 (BENCHMARKS.md, GPU sweep)."""
         defaults = DEFAULTS_BY_BASE_MODEL.get(self.base_model, BASE_DEFAULTS)
+        if gpu and self.per_device_batch_size is None and self.gradient_accumulation_steps is None:
+            folded = defaults["per_device_batch_size"] * defaults["gradient_accumulation_steps"]
+            defaults = {**defaults, "per_device_batch_size": folded, "gradient_accumulation_steps": 1}
         unset = {name: value for name, value in defaults.items() if getattr(self, name) is None}
         return replace(self, **unset)
 
@@ -289,6 +294,12 @@ def _write_marker(folder: Path, payload: dict) -> None:
 # ------------------------------------------------------------------------------------------ the run
 
 
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def train(
     manifest: dict,
     run_dir: str | Path,
@@ -305,7 +316,8 @@ def train(
 
     from receipt_pipeline.core.model import load_model
 
-    options = (options or TrainingOptions()).resolved()
+    cuda = gpu_available()
+    options = (options or TrainingOptions()).resolved(gpu=cuda)
     run_dir = Path(run_dir)
     tags: list[str] = manifest["tags"]
     main_process = is_main_process()  # under torchrun every process runs this function
@@ -322,7 +334,6 @@ def train(
     if base_model.tokenizer_fingerprint(tokenizer) != manifest["tokenizer"]["fingerprint"]:
         raise TrainingError("the tokenizer differs from the one the windows were cut with; rebuild windowed_tensors")
 
-    cuda = torch.cuda.is_available()
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

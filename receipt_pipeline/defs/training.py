@@ -15,7 +15,7 @@ from receipt_pipeline.core import bio, distributed, storage, sweep, word_table
 from receipt_pipeline.core.checkpoint_store import CheckpointSync, restore_latest
 from receipt_pipeline.core.evaluation import confusion_png, evaluate
 from receipt_pipeline.core.sroie import read_sroie
-from receipt_pipeline.core.training import TrainingOptions, train, weights_digest
+from receipt_pipeline.core.training import TrainingOptions, gpu_available, train, weights_digest
 from receipt_pipeline.defs.resources import PipelineSettings
 from receipt_pipeline.launcher import ec2, tags
 
@@ -138,7 +138,7 @@ def layoutlm_checkpoint(
     best = None
     if config.use_best_hyperparameters:
         best = _best_hyperparameters(settings)
-        resolved = options.resolved()
+        resolved = options.resolved(gpu=gpu_available())
         options = sweep.options_for(best["params"], resolved, resolved.per_device_batch_size)
         context.log.info(
             f"hyperparameters of sweep {best['study']} trial {best['trial']}: {json.dumps(best['params'])}"

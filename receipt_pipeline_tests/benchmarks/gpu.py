@@ -1,7 +1,7 @@
 """GPU training throughput of a layoutlm-base-sized token classifier: tokens/s, MFU, peak memory, batch size.
 
 python -m receipt_pipeline_tests.benchmarks.gpu [--batch-sizes 8 16 ...] [--precisions bf16 fp16] [--steps N]
-                                                [--out DIR]
+                                                [--out DIR] [--compile-only] [--time-budget S] (--help: all)
 
 The model is `LayoutLMForTokenClassification(LayoutLMConfig(num_labels=13))`: the layoutlm-base shape (12 layers,
 hidden 768, 12 heads, intermediate 3072, vocabulary 30522, 512 positions), randomly initialised, since the
@@ -26,11 +26,18 @@ sequence length (the 12 x L x H x S term is the attention matmuls QK^T and AV). 
 6 x 85.06 M + 12 x 12 x 768 x 512 = 567 MFLOP per token. Peak FLOP/s by GPU name: PEAK_TFLOPS below.
 
 Stages, in order:
-  1. optimisations: eager against SDPA attention, foreach against fused AdamW, at ``--optimisation-batch-sizes``
-     (bf16, TF32 on); the fastest becomes the recommended setting used by every later stage;
-  2. the sweep: ``--batch-sizes`` x ``--precisions`` x TF32 on and off with the recommended setting;
+  0. the attention kernels alone: one layer's SDPA call, forward and backward, each kernel forced alone, with
+     LayoutLM's additive padding mask and without (``--attention-batch-size``);
+  1. optimisations: eager against SDPA attention (in PyTorch's kernel order and with cuDNN's kernel first),
+     foreach against fused AdamW, at ``--optimisation-batch-sizes`` (bf16, TF32 on); the fastest becomes the
+     recommended setting used by every later stage;
+  2. the sweep: ``--batch-sizes`` x ``--precisions`` x TF32 on and off with the recommended setting; the
+     largest bf16 step is profiled (where its GPU time goes, by kernel kind: KERNEL_KINDS);
   3. ``auto_batch_size``: the largest batch that fits (doubling from 8 until OOM, then bisecting), measured;
-  4. torch.compile of the recommended setting in a child process, given up after ``--compile-timeout`` seconds;
+  4. torch.compile of the recommended setting, each row in a child process given up after
+     ``--compile-timeout`` seconds and profiled: at each of ``--compile-batch-sizes``, then at the largest each
+     of ``--compile-modes`` and ``--compile-dropouts`` (the dropout switched off, to show what it costs);
+     ``--compile-only`` runs this stage alone;
   5. the recommended batch per EC2 instance type, from the measured peak memory (INSTANCE_GPUS).
 
 Without a CUDA device every row is marked "not measured: no CUDA device" and nothing is trained.
@@ -50,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,13 +101,24 @@ class StepConfig:
     precision: str = "bf16"  # the autocast dtype: "bf16" or "fp16" (with a GradScaler)
     tf32: bool = True  # TF32 for the float32 matmuls autocast leaves (and cuDNN)
     attention: str = "sdpa"  # the attn_implementation asked for: "sdpa" or "eager"
+    # SDPA's kernel order: "torch" (PyTorch's own, what training uses) or "cudnn-first"
+    kernels: str = "torch"
     fused_adamw: bool = True  # torch.optim.AdamW(fused=True), else foreach=True
     compile: bool = False  # torch.compile the model
+    compile_mode: str | None = None  # torch.compile's mode: None (default), "max-autotune-no-cudagraphs", ...
+    # "model": layoutlm-base's dropout (0.1 on hidden states and attention probabilities), as training uses;
+    # "no attention dropout" or "none" measure what the dropout costs, not a setting the pipeline uses
+    dropout: str = "model"
 
     def setting(self) -> str:
         """The optimisation setting, without batch size and precision."""
         optimizer = "fused AdamW" if self.fused_adamw else "foreach AdamW"
-        return f"{self.attention} attention, {optimizer}" + (", torch.compile" if self.compile else "")
+        attention = self.attention
+        if self.attention == "sdpa":
+            attention += ", cuDNN first" if self.kernels == "cudnn-first" else ", PyTorch's kernel order"
+        compiled = f", torch.compile ({self.compile_mode or 'default'})" if self.compile else ""
+        dropout = "" if self.dropout == "model" else f", dropout: {self.dropout}"
+        return f"{attention} attention, {optimizer}{compiled}{dropout}"
 
 
 # ------------------------------------------------------------------------------------------- the model
@@ -206,14 +225,6 @@ def synthetic_batch(batch_size: int, device, seed: int = 0) -> dict:
 # ------------------------------------------------------------------------------------------ measuring
 
 
-def set_tf32(enabled: bool) -> None:
-    import torch
-
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
-    torch.set_float32_matmul_precision("high" if enabled else "highest")
-
-
 def synchronize(device) -> None:
     import torch
 
@@ -231,13 +242,46 @@ def release_memory(device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def run_training_steps(config: StepConfig, steps: int, warmup: int, device) -> dict:
-    """Build the model and optimizer, run ``warmup`` then ``steps`` timed training steps; the timings."""
+def set_tf32(enabled: bool) -> None:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+
+
+def attention_kernels(config: StepConfig):
+    """The context in which the step's attention runs: cuDNN's kernel tried first, or PyTorch's own order."""
+    import contextlib
+
+    if config.attention != "sdpa" or config.kernels == "torch":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel(order, set_priority=True)
+
+
+def remove_dropout(model, dropout: str) -> None:
+    """Switch off the attention-probability dropout ("no attention dropout") or every dropout ("none")."""
+    import torch
+
+    for module in model.modules():
+        if dropout in ("no attention dropout", "none") and hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.0
+        if dropout == "none" and isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def run_training_steps(config: StepConfig, steps: int, warmup: int, device, profile: bool = False) -> dict:
+    """Build the model and optimizer, run ``warmup`` then ``steps`` timed training steps; the timings, and with
+    ``profile`` where the GPU time of a step goes (``kernel_breakdown``)."""
     import torch
 
     set_tf32(config.tf32)
     torch.manual_seed(0)
     model, attention_used = build_model(config.attention, device)
+    remove_dropout(model, config.dropout)
     if config.fused_adamw:
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01, fused=True)
     else:
@@ -248,11 +292,14 @@ def run_training_steps(config: StepConfig, steps: int, warmup: int, device) -> d
         scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     else:  # torch before 2.3
         scaler = torch.cuda.amp.GradScaler(enabled=config.precision == "fp16")
-    forward = torch.compile(model) if config.compile else model
+    forward = torch.compile(model, mode=config.compile_mode) if config.compile else model
     batch = synthetic_batch(config.batch_size, device)
 
     def step() -> torch.Tensor:
-        with torch.autocast(device.type, dtype=dtype):
+        if config.compile and "reduce-overhead" in (config.compile_mode or ""):
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the graphs may reuse their outputs
+        # the backward pass runs the kernels the forward chose, outside autocast as PyTorch recommends
+        with attention_kernels(config), torch.autocast(device.type, dtype=dtype):
             loss = forward(**batch).loss
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -279,17 +326,74 @@ def run_training_steps(config: StepConfig, steps: int, warmup: int, device) -> d
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+    if profile and (breakdown := kernel_breakdown(step, device)):
+        result["kernel_breakdown"] = breakdown
     return result
 
 
-def measure(config: StepConfig, steps: int, warmup: int, device, flops_per_token: float, peak: float | None) -> dict:
+# GPU kernels by what they do, matched in order against the lower-cased kernel name; the rest is "other".
+KERNEL_KINDS = (
+    ("attention", ("fmha", "flash", "attention", "sdpa", "cudnn_generated", "sm90_flash")),
+    ("matmul", ("gemm", "nvjet", "xmma", "cutlass", "matmul", "_mm_", "mm_plus")),
+    ("optimizer", ("adam",)),
+    ("embedding", ("embedding", "index", "scatter", "sort", "radix", "segment")),
+    ("normalisation", ("layer_norm", "layernorm", "welford", "norm")),
+    ("fused (triton)", ("triton",)),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "dropout", "fill", "copy", "reduce", "softmax", "gelu")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    for kind, words in KERNEL_KINDS:
+        if any(word in lowered for word in words):
+            return kind
+    return "other"
+
+
+def kernel_breakdown(step, device, steps: int = 3) -> dict | None:
+    """GPU time per training step by kernel kind, and the costliest kernels, from torch.profiler; None on a CPU."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    milliseconds: dict[str, float] = {}
+    for event in profiler.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            milliseconds[event.name] = milliseconds.get(event.name, 0.0) + event.device_time_total / 1000
+    return summarise_kernels({name: total / steps for name, total in milliseconds.items()})
+
+
+def summarise_kernels(milliseconds: dict[str, float], top: int = 10) -> dict:
+    """Kernel times (ms per step, by kernel name) summed by kind, and the ``top`` costliest kernels."""
+    kinds: dict[str, float] = {}
+    for name, spent in milliseconds.items():
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + spent
+    costliest = sorted(milliseconds.items(), key=lambda item: -item[1])[:top]
+    return {
+        "gpu_ms_per_step": sum(milliseconds.values()),
+        "kinds_ms": dict(sorted(kinds.items(), key=lambda item: -item[1])),
+        "top_kernels_ms": [[name[:120], spent] for name, spent in costliest],
+    }
+
+
+def measure(
+    config: StepConfig, steps: int, warmup: int, device, flops_per_token: float, peak: float | None,
+    profile: bool = False,
+) -> dict:  # fmt: skip
     """One row: the configuration, its status ("ok" or "OOM") and, when it ran, tokens/s, MFU and peak memory."""
     import torch
 
     row = {**asdict(config), "status": "ok"}
     release_memory(device)
     try:
-        result = run_training_steps(config, steps, warmup, device)
+        result = run_training_steps(config, steps, warmup, device, profile)
     except torch.cuda.OutOfMemoryError:
         result = None
         row["status"] = "OOM"
@@ -333,11 +437,12 @@ def auto_batch_size(fits, start: int = 8, limit: int = 8192, granularity: int = 
     return fitted
 
 
-def compile_in_child(config: StepConfig, steps: int, warmup: int, timeout: float) -> dict:
+def compile_in_child(config: StepConfig, steps: int, warmup: int, timeout: float, profile: bool = False) -> dict:
     """Measure a torch.compile configuration in a child process, so that a compilation which runs past
     ``timeout`` seconds can be stopped (with its compile workers: the child leads its own process group)."""
     command = [sys.executable, "-m", __spec__.name if __spec__ else "receipt_pipeline_tests.benchmarks.gpu"]
     command += ["--worker", json.dumps(asdict(config)), "--steps", str(steps), "--warmup", str(warmup)]
+    command += ["--profile"] if profile else []
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, _ = child.communicate(timeout=timeout)
@@ -441,23 +546,33 @@ def markdown(report: dict) -> str:
     header = "| tokens/s | step ms | TFLOP/s | MFU % | peak GiB |"
     rule = "|---|---|---|---|---|"
 
+    attention_rows = report.get("attention_kernels") or []
+    if attention_rows:
+        batch = attention_rows[0]["batch_size"]
+        title = f"#### Attention kernels alone (one layer, batch {batch}, bf16, dropout 0.1, forward + backward)"
+        lines += ["", title, ""]
+        lines += ["| kernel | padding mask | ms | TFLOP/s | status |", "|---|---|---|---|---|"]
+        for row in attention_rows:
+            cells = [row["kernel"], "yes" if row["masked"] else "no", _cell(row.get("milliseconds"), ".2f")]
+            lines.append("| " + " | ".join([*cells, _cell(row.get("tflops"), ".0f"), row["status"]]) + " |")
+
     optimisations = [row for row in report["rows"] if row["stage"] == "optimisation"]
     if optimisations:
         lines += ["", "#### Optimisations (bf16, TF32 on)", ""]
-        lines += ["| batch | attention (used) | optimizer | compile | " + header[2:] + " vs baseline | compile s |"]
-        lines += ["|---|---|---|---|" + rule[1:] + "---|---|"]
+        lines += ["| batch | attention (used) | kernel order | optimizer | " + header[2:] + " vs baseline |"]
+        lines += ["|---|---|---|---|" + rule[1:] + "---|"]
         for row in optimisations:
             # the baseline is the row with neither optimisation at the same batch size
             baseline = next(
                 (b for b in optimisations if b["batch_size"] == row["batch_size"] and b["attention"] == "eager"
-                 and not b["fused_adamw"] and not b["compile"]),
+                 and not b["fused_adamw"]),
                 None,
             )  # fmt: skip
             attention = f"{row['attention']} ({row.get('attention_used', '-')})"
-            cells = [str(row["batch_size"]), attention, "fused" if row["fused_adamw"] else "foreach"]
-            cells += ["yes" if row["compile"] else "no"]
+            order = "cuDNN first" if row.get("kernels") == "cudnn-first" else "PyTorch's"
+            order = "-" if row["attention"] == "eager" else order
+            cells = [str(row["batch_size"]), attention, order, "fused" if row["fused_adamw"] else "foreach"]
             cells += _row_cells(row, baseline) if row["status"] == "ok" else [row["status"]] + [""] * 5
-            cells += [_cell(row.get("compile_seconds"), ".0f")]
             lines.append("| " + " | ".join(cells) + " |")
         chosen = report.get("recommended_setting") or "not chosen yet"
         lines += ["", f"Recommended setting (fastest without compile): {chosen}."]
@@ -482,12 +597,34 @@ def markdown(report: dict) -> str:
     compiled = [row for row in report["rows"] if row["stage"] == "compile"]
     if compiled:
         lines += ["", "#### torch.compile (bf16, TF32 on, recommended setting)", ""]
-        lines += ["| batch | " + header[2:] + " vs eager mode | compile s | status |", "|---" + rule + "---|---|---|"]
+        lines += ["| batch | mode | dropout | " + header[2:] + " vs eager mode | compile s | status |"]
+        lines += ["|---|---|---" + rule + "---|---|---|"]
         for row in compiled:
             baseline = next((b for b in sweep if b["batch_size"] == row["batch_size"] and b["precision"] == "bf16"
                              and b["tf32"]), None)  # fmt: skip
-            cells = [str(row["batch_size"]), *_row_cells(row, baseline or {}), _cell(row.get("compile_seconds"), ".0f")]
+            cells = [str(row["batch_size"]), row.get("compile_mode") or "default", row.get("dropout", "model")]
+            cells += _row_cells(row, baseline or {})
+            cells += [_cell(row.get("compile_seconds"), ".0f")]
             lines.append("| " + " | ".join([*cells, row["status"]]) + " |")
+
+    profiled = [row for row in report["rows"] if row.get("kernel_breakdown")]
+    if profiled:
+        lines += ["", "#### Where a step's GPU time goes (torch.profiler, 3 steps, ms per step)", ""]
+        kinds = sorted({kind for row in profiled for kind in row["kernel_breakdown"]["kinds_ms"]})
+        lines += ["| step | step ms | GPU busy ms | " + " | ".join(kinds) + " |"]
+        lines += ["|---|---|---|" + "---|" * len(kinds)]
+        for row in profiled:
+            breakdown = row["kernel_breakdown"]
+            mode = f"compiled ({row.get('compile_mode') or 'default'})" if row.get("compile") else "eager mode"
+            mode += "" if row.get("dropout", "model") == "model" else f", dropout: {row['dropout']}"
+            cells = [f"batch {row['batch_size']}, {mode}", _cell(row.get("median_step_seconds", 0) * 1000, ".1f")]
+            cells += [_cell(breakdown["gpu_ms_per_step"], ".1f")]
+            cells += [_cell(breakdown["kinds_ms"].get(kind), ".1f") for kind in kinds]
+            lines.append("| " + " | ".join(cells) + " |")
+        for row in profiled:
+            top = "; ".join(f"{name[:60]} {ms:.1f}" for name, ms in row["kernel_breakdown"]["top_kernels_ms"][:6])
+            compiled_step = " compiled" if row.get("compile") else ""
+            lines += ["", f"Costliest kernels, batch {row['batch_size']}{compiled_step}: {top}."]
 
     lines += ["", f"#### Recommended batch size per instance type ({int(HEADROOM * 100)}% memory headroom)", ""]
     fit = report.get("memory_fit")
@@ -546,6 +683,66 @@ def not_measured(args, reason: str) -> list[dict]:
     return [{**asdict(config), "stage": "sweep", "status": f"not measured: {reason}"} for config in configs]
 
 
+ATTENTION_CASES = (  # (kernel, with LayoutLM's additive padding mask)
+    ("math", True),
+    ("efficient", True),
+    ("flash", True),
+    ("cudnn", True),
+    ("efficient", False),
+    ("flash", False),
+    ("cudnn", False),
+)
+
+
+def attention_kernel_rows(batch_size: int, steps: int, warmup: int, device) -> list[dict]:
+    """Forward and backward of one layer's attention as LayoutLM calls it in training (bf16, heads x 64, the
+    query/key/value layout of its projections, dropout 0.1, the additive mask or none), each kernel forced
+    alone. TFLOP/s counts 3 x the forward's 4 x S^2 x hidden per sequence, as the MFU formula does."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    config = model_config()
+    heads, hidden = config.num_attention_heads, config.hidden_size
+    flops = 3 * 4 * batch_size * SEQUENCE_LENGTH**2 * hidden
+    backends = {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}  # fmt: skip
+    rows = []
+    for kernel, masked in ATTENTION_CASES:
+        row = {"kernel": kernel, "masked": masked, "batch_size": batch_size, "status": "ok"}
+        release_memory(device)
+        try:
+            # (batch, sequence, heads, 64) viewed as (batch, heads, sequence, 64): the layout the projections give
+            q, k, v = (
+                torch.randn(batch_size, SEQUENCE_LENGTH, heads, hidden // heads, device=device, dtype=torch.bfloat16)
+                .transpose(1, 2).requires_grad_()
+                for _ in range(3)
+            )  # fmt: skip
+            mask = torch.zeros(batch_size, 1, 1, SEQUENCE_LENGTH, device=device, dtype=torch.bfloat16)
+            mask[:, :, :, -16:] = torch.finfo(torch.bfloat16).min  # some padding, as a real batch has
+            seconds = []
+            for index in range(warmup + steps):
+                synchronize(device)
+                started = time.perf_counter()
+                with sdpa_kernel([backends[kernel]]), warnings.catch_warnings(record=True) as reasons:
+                    out = torch.nn.functional.scaled_dot_product_attention(
+                        q, k, v, attn_mask=mask if masked else None, dropout_p=0.1
+                    )
+                out.backward(torch.ones_like(out))
+                synchronize(device)
+                if index >= warmup:
+                    seconds.append(time.perf_counter() - started)
+                q.grad = k.grad = v.grad = None
+            median = statistics.median(seconds)
+            row.update(milliseconds=median * 1000, tflops=flops / median / 1e12)
+        except RuntimeError as error:  # a kernel that refuses the call warns why, then raises
+            why = [str(reason.message).split(" (Triggered")[0] for reason in reasons] or [str(error).splitlines()[0]]
+            row["status"] = "refused: " + "; ".join(why)[:160]
+        rows.append(row)
+        print(f"  attention {kernel} masked={masked}: {row.get('milliseconds')} {row['status']}", flush=True)
+    release_memory(device)
+    return rows
+
+
 def run_benchmark(args, report: dict, device) -> None:
     """Stages 1 to 5 of the module docstring, writing the report after every row (a timeout keeps the rest)."""
     import torch
@@ -563,21 +760,36 @@ def run_benchmark(args, report: dict, device) -> None:
         write_report(report, args.out)
         return row
 
-    # 1. optimisations: everything off is the baseline, then each alone, then both
-    settings = [(attention, fused) for attention in ("eager", "sdpa") for fused in (False, True)]
-    candidates: dict[tuple[str, bool], list[dict]] = {setting: [] for setting in settings}
+    if args.compile_only:  # stage 4 alone, with the setting stage 1 chose before (SDPA, fused AdamW)
+        best = StepConfig(8)
+        report["recommended_setting"] = best.setting()
+        run_compile_stage(args, report, best, record, started, device)
+        return
+
+    # 0. the attention kernels alone
+    report["attention_kernels"] = attention_kernel_rows(args.attention_batch_size, args.steps, args.warmup, device)
+    write_report(report, args.out)
+
+    # 1. optimisations: everything off is the baseline (eager attention, foreach AdamW), then SDPA in PyTorch's
+    # kernel order and with cuDNN's kernel first, each with either optimizer
+    settings = [StepConfig(8, attention="eager", kernels="torch", fused_adamw=fused) for fused in (False, True)]
+    settings += [
+        StepConfig(8, attention="sdpa", kernels=kernels, fused_adamw=fused)
+        for kernels in ("torch", "cudnn-first")
+        for fused in (False, True)
+    ]
+    candidates: dict[StepConfig, list[dict]] = {setting: [] for setting in settings}
     for batch_size in args.optimisation_batch_sizes:
-        for attention, fused in settings:
-            config = StepConfig(batch_size, "bf16", True, attention, fused)
+        for setting in settings:
+            config = replace(setting, batch_size=batch_size)
             row = record(measure(config, args.steps, args.warmup, device, flops, peak), "optimisation")
-            candidates[(attention, fused)].append(row)
+            candidates[setting].append(row)
 
     def mean_speed(setting_rows: list[dict]) -> float:
         speeds = [row.get("tokens_per_second") or 0.0 for row in setting_rows]
         return statistics.fmean(speeds) if speeds else 0.0
 
-    attention, fused = max(settings, key=lambda setting: mean_speed(candidates[setting]))
-    best = StepConfig(8, attention=attention, fused_adamw=fused)
+    best = max(settings, key=lambda setting: mean_speed(candidates[setting]))
     report["recommended_setting"] = best.setting()
 
     # 2. the sweep
@@ -591,7 +803,9 @@ def run_benchmark(args, report: dict, device) -> None:
         for tf32 in (True, False):
             for batch_size in args.batch_sizes:
                 config = replace(best, batch_size=batch_size, precision=precision, tf32=tf32)
-                record(measure(config, args.steps, args.warmup, device, flops, peak), "sweep")
+                # where the time of the largest bf16 step goes
+                profile = precision == "bf16" and tf32 and batch_size == max(args.batch_sizes)
+                record(measure(config, args.steps, args.warmup, device, flops, peak, profile), "sweep")
 
     # 3. auto_batch_size, with a short run per probe (2 steps: AdamW allocates its state in the first)
     probes = []
@@ -602,7 +816,7 @@ def run_benchmark(args, report: dict, device) -> None:
         print(f"  auto_batch_size probe {batch_size}: {probe['status']}", flush=True)
         return probe["status"] == "ok"
 
-    largest = auto_batch_size(fits)
+    largest = auto_batch_size(fits, limit=args.auto_batch_limit)
     report["auto_batch_size"] = {"batch_size": largest, "probes": probes}
     if largest:
         report["auto_batch_size"]["row"] = record(
@@ -620,17 +834,26 @@ def run_benchmark(args, report: dict, device) -> None:
     report["recommendations"] = recommend_batch_sizes(memory_rows, report["gpu"] or "", gpu_memory_mib)
     write_report(report, args.out)
 
-    # 4. torch.compile, in a child process, with what is left of the time budget
-    if not args.no_compile:
-        for batch_size in args.compile_batch_sizes:
-            left = args.time_budget - (time.monotonic() - started)
-            timeout = min(args.compile_timeout, left)
-            config = replace(best, batch_size=batch_size, compile=True)
-            if timeout < 30:
-                record({**asdict(config), "status": "not measured: out of time"}, "compile")
-                continue
-            release_memory(device)
-            record(compile_in_child(config, args.steps, args.warmup, timeout), "compile")
+    run_compile_stage(args, report, best, record, started, device)
+
+
+def run_compile_stage(args, report: dict, best: StepConfig, record, started: float, device) -> None:
+    """Stage 4, torch.compile, each row in a child process with what is left of the time budget: the default
+    mode at each of --compile-batch-sizes, then at the largest each of --compile-modes and --compile-dropouts."""
+    if args.no_compile:
+        return
+    largest = max(args.compile_batch_sizes)
+    compiles = [replace(best, batch_size=batch_size, compile=True) for batch_size in args.compile_batch_sizes]
+    compiles += [replace(best, batch_size=largest, compile=True, compile_mode=mode) for mode in args.compile_modes]
+    compiles += [replace(best, batch_size=largest, compile=True, dropout=drop) for drop in args.compile_dropouts]
+    for config in compiles:
+        left = args.time_budget - (time.monotonic() - started)
+        timeout = min(args.compile_timeout, left)
+        if timeout < 30:
+            record({**asdict(config), "status": "not measured: out of time"}, "compile")
+            continue
+        release_memory(device)
+        record(compile_in_child(config, args.steps, args.warmup, timeout, profile=True), "compile")
 
 
 def parse_args(argv: list[str] | None = None):
@@ -643,13 +866,21 @@ def parse_args(argv: list[str] | None = None):
     default_out = Path(os.environ.get("OUT") or Path(tempfile.gettempdir()) / "gpu-benchmark")
     out_help = "folder for gpu_benchmark.json and .md (default: $OUT, else /tmp/gpu-benchmark)"
     parser.add_argument("--out", type=Path, default=default_out, help=out_help)
-    parser.add_argument("--optimisation-batch-sizes", type=int, nargs="+", default=[32, 128])
-    parser.add_argument("--compile-batch-sizes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--optimisation-batch-sizes", type=int, nargs="+", default=[128])
+    parser.add_argument("--attention-batch-size", type=int, default=64, help="batch of the attention-kernel rows")
+    parser.add_argument("--auto-batch-limit", type=int, default=8192, help="the largest batch auto_batch_size tries")
+    parser.add_argument("--compile-batch-sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--compile-modes", nargs="*", default=["max-autotune-no-cudagraphs"],
+                        help="torch.compile modes also measured, at the largest compile batch")  # fmt: skip
     parser.add_argument("--compile-timeout", type=float, default=240.0, help="seconds for one torch.compile row")
+    parser.add_argument("--compile-dropouts", nargs="*", default=[], choices=["no attention dropout", "none"],
+                        help="dropout settings also measured compiled, to show what the dropout costs")  # fmt: skip
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--compile-only", action="store_true", help="stage 4 alone, with SDPA and fused AdamW")
     parser.add_argument("--time-budget", type=float, default=540.0,
                         help="seconds after which torch.compile is not started")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a StepConfig as JSON: one row, in this process
+    parser.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)  # the worker's kernel breakdown
     args = parser.parse_args(argv)
     args.steps = max(args.steps, MIN_STEPS)
     return args
@@ -667,7 +898,8 @@ def main(argv: list[str] | None = None) -> int:
         parameters = count_parameters()
         flops = training_flops_per_token(parameters["non_embedding"])
         config = StepConfig(**json.loads(args.worker))
-        print(json.dumps(measure(config, args.steps, args.warmup, torch.device("cuda"), flops, report["peak_tflops"])))
+        row = measure(config, args.steps, args.warmup, torch.device("cuda"), flops, report["peak_tflops"], args.profile)
+        print(json.dumps(row))
         return 0
 
     if report["torch"] is None or report["transformers"] is None:

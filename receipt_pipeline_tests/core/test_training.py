@@ -47,6 +47,45 @@ def test_unset_batch_and_rate_follow_the_base_model_and_set_ones_are_kept():
     assert (chosen.per_device_batch_size, chosen.gradient_accumulation_steps, chosen.learning_rate) == (16, 1, 3e-5)
 
 
+def test_on_a_gpu_the_default_accumulation_is_folded_into_the_batch_unless_either_was_set():
+    def batch(**options) -> tuple[int, int]:
+        resolved = TrainingOptions(**options).resolved(gpu=True)
+        return resolved.per_device_batch_size, resolved.gradient_accumulation_steps
+
+    base = "microsoft/layoutlm-base-uncased"
+    assert batch(base_model=base) == (32, 1)
+    assert TrainingOptions(base_model=base).resolved(gpu=True).learning_rate == 5e-5
+    assert batch(base_model="compact") == (4, 1)
+    assert batch(base_model=base, per_device_batch_size=8) == (8, 4)
+    assert batch(base_model=base, gradient_accumulation_steps=2) == (8, 2)
+
+
+def _train_losses(run_dir) -> list[float]:
+    history = json.loads((run_dir / "best" / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def test_micro_batches_with_accumulation_train_as_the_folded_batch(tmp_path):
+    """What folding the accumulation into the batch on a GPU relies on: batch 2 x accumulation 2 and batch
+    4 x 1 take the same optimizer steps (dropout off and a random order, so both see the same 4 windows a
+    step; the token-weighted loss weighs each micro-batch by its tokens)."""
+    manifest, _ = build_manifest([synthetic_words(40)], tmp_path / "windows", bio.SplitOptions(entity_share_target=0.7))
+    assert manifest["splits"]["train"]["windows"] >= 6 * 4
+    same = dict(max_steps=6, eval_steps=6, warmup_ratio=0.0, dropout=0.0, group_by_length=False)
+    folded = train(
+        manifest, tmp_path / "folded", TrainingOptions(per_device_batch_size=4, gradient_accumulation_steps=1, **same)
+    )
+    accumulated = train(
+        manifest,
+        tmp_path / "accumulated",
+        TrainingOptions(per_device_batch_size=2, gradient_accumulation_steps=2, **same),
+    )
+    assert folded.steps == accumulated.steps == 6 and folded.real_tokens == accumulated.real_tokens
+    assert _train_losses(tmp_path / "accumulated") == pytest.approx(_train_losses(tmp_path / "folded"), rel=0.01)
+    assert accumulated.evaluations[-1]["eval_loss"] == pytest.approx(folded.evaluations[-1]["eval_loss"], rel=0.01)
+    assert folded.first_loss > 1.2 * folded.last_loss
+
+
 def test_a_few_steps_make_the_loss_fall_and_leave_the_best_model_folder(small_manifest, tmp_path):
     evaluations = []
     result = train(small_manifest, tmp_path / "run", TrainingOptions(**QUICK), on_evaluate=evaluations.append)
