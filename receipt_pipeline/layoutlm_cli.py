@@ -102,7 +102,7 @@ def train(job_name: str, dynamo_table: str | None, dagster_url: str | None, wait
 @click.option("--lr-min", type=float, default=1e-5, show_default=True)
 @click.option("--lr-max", type=float, default=5e-5, show_default=True)
 @click.option("--effective-batch-sizes", default="8,16,32", show_default=True, help="Comma-separated.")
-@click.option("--max-per-device-batch-size", type=int, default=8, show_default=True)
+@click.option("--max-per-device-batch-size", type=int, default=None, help="Default: 32 on a GPU, 8 on a CPU.")
 @click.option("--search-max-grad-norm", is_flag=True, help="Also search max_grad_norm (0, 0.5, 1).")
 @click.option("--pretrained", default=None, help="Base model: hub id, local folder, s3:// prefix or 'compact'.")
 @click.option("--max-steps", type=int, default=None, help="Per trial: stop after this many optimizer steps.")
@@ -116,8 +116,9 @@ def sweep(study: str, trials: int, dagster_url: str | None, wait: bool, **flags)
         "epochs": flags["epochs"],
         "learning_rate": [flags["lr_min"], flags["lr_max"]],
         "effective_batch_sizes": [int(size) for size in flags["effective_batch_sizes"].split(",")],
-        "max_per_device_batch_size": flags["max_per_device_batch_size"],
     }
+    if flags["max_per_device_batch_size"] is not None:
+        trial_config["max_per_device_batch_size"] = flags["max_per_device_batch_size"]
     if flags["search_max_grad_norm"]:
         trial_config["max_grad_norms"] = [0.0, 0.5, 1.0]
     if flags["pretrained"]:

@@ -103,6 +103,16 @@ def fail(study: optuna.Study, number: int) -> None:
     study.tell(number, state=TrialState.FAIL)
 
 
+# The largest batch a trial puts on one device when its config names none. A GPU steps through 32 windows of
+# layoutlm-base in the time of 8 (BENCHMARKS.md, GPU), and 32 full windows need under 8 GiB, which every GPU
+# instance type has; so no trial of the default effective batches accumulates there.
+DEFAULT_MAX_PER_DEVICE_BATCH = {"gpu": 32, "cpu": 8}
+
+
+def default_max_per_device_batch(gpu: bool) -> int:
+    return DEFAULT_MAX_PER_DEVICE_BATCH["gpu" if gpu else "cpu"]
+
+
 def options_for(params: dict, base: TrainingOptions, max_per_device_batch: int) -> TrainingOptions:
     """``base`` with a trial's settings: the effective batch split into what fits a device x accumulation."""
     effective = int(params["effective_batch_size"])

@@ -8,7 +8,7 @@ from pydantic import Field
 from receipt_pipeline.core import storage, sweep
 from receipt_pipeline.core.checkpoint_store import CheckpointSync
 from receipt_pipeline.core.settings import SettingsError
-from receipt_pipeline.core.training import TrainingInterrupted, TrainingOptions, train
+from receipt_pipeline.core.training import TrainingInterrupted, TrainingOptions, gpu_available, train
 from receipt_pipeline.defs.resources import PipelineSettings
 from receipt_pipeline.defs.training import GPU_POOL, run_dir_for
 from receipt_pipeline.launcher import tags
@@ -28,7 +28,9 @@ class SweepTrialConfig(dg.Config):
     base_model: str | None = Field(default=None, description="Default: the deployment's base model.")
     epochs: float = Field(default=4, ge=3, le=5, description="A short training: 3 to 5 epochs.")
     early_stopping_patience: int = Field(default=2, ge=1)
-    max_per_device_batch_size: int = Field(default=8, ge=1, description="The largest batch a device holds.")
+    max_per_device_batch_size: int | None = Field(
+        default=None, ge=1, description="The largest batch a device holds. Default: 32 on a GPU, 8 on a CPU."
+    )
     learning_rate: list[float] = Field(default=[1e-5, 5e-5], description="Log-uniform range.")
     weight_decay: list[float] = Field(default=[0.0, 0.1])
     warmup_ratio: list[float] = Field(default=[0.0, 0.2])
@@ -94,7 +96,8 @@ def sweep_trial(
             eval_steps=config.eval_steps,
             max_train_seconds=budget * 60 if budget else None,
         )
-        options = sweep.options_for(params, base, config.max_per_device_batch_size)
+        max_batch = config.max_per_device_batch_size or sweep.default_max_per_device_batch(gpu_available())
+        options = sweep.options_for(params, base, max_batch)
         context.log.info(f"trial {number} of study {config.study}: {json.dumps(params)}")
         run_dir, run_uri = run_dir_for(settings, f"sweep-{partition}")
         try:

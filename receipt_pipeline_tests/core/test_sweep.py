@@ -88,3 +88,16 @@ def test_a_trials_effective_batch_is_split_into_what_fits_and_accumulation():
     assert options.learning_rate == 3e-5 and options.label_smoothing == 0.02 and options.epochs == 4
     small = sweep.options_for({**params, "effective_batch_size": 8}, TrainingOptions(), max_per_device_batch=16)
     assert (small.per_device_batch_size, small.gradient_accumulation_steps) == (8, 1)
+
+
+def test_without_a_configured_limit_a_gpu_takes_every_default_effective_batch_in_one_pass():
+    params = {"learning_rate": 3e-5, "weight_decay": 0.0, "warmup_ratio": 0.0, "label_smoothing": 0.0}
+    for effective in sweep.SearchSpace().effective_batch_sizes:
+        on_gpu = sweep.options_for(
+            {**params, "effective_batch_size": effective}, TrainingOptions(), sweep.default_max_per_device_batch(True)
+        )
+        assert (on_gpu.per_device_batch_size, on_gpu.gradient_accumulation_steps) == (effective, 1)
+    on_cpu = sweep.options_for(
+        {**params, "effective_batch_size": 32}, TrainingOptions(), sweep.default_max_per_device_batch(False)
+    )
+    assert (on_cpu.per_device_batch_size, on_cpu.gradient_accumulation_steps) == (8, 4)
