@@ -710,6 +710,7 @@ def attention_kernel_rows(batch_size: int, steps: int, warmup: int, device) -> l
     for kernel, masked in ATTENTION_CASES:
         row = {"kernel": kernel, "masked": masked, "batch_size": batch_size, "status": "ok"}
         release_memory(device)
+        reasons: list = []
         try:
             # (batch, sequence, heads, 64) viewed as (batch, heads, sequence, 64): the layout the projections give
             q, k, v = (
