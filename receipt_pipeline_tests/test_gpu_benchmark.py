@@ -59,9 +59,8 @@ def test_kernels_are_summed_by_kind_from_the_names_the_profiler_reports():
         "elementwise": 0.5,
     }
     assert summary["gpu_ms_per_step"] == pytest.approx(52.4)
-    assert [name for name, _ in summary["top_kernels_ms"]][0].startswith("cudnn_generated") and len(
-        summary["top_kernels_ms"]
-    ) == 3
+    names = [name for name, _ in summary["top_kernels_ms"]]
+    assert len(names) == 3 and names[0].startswith("cudnn_generated")
 
 
 def test_without_a_gpu_every_row_is_marked_not_measured(tmp_path, monkeypatch):

@@ -225,6 +225,14 @@ def synthetic_batch(batch_size: int, device, seed: int = 0) -> dict:
 # ------------------------------------------------------------------------------------------ measuring
 
 
+def set_tf32(enabled: bool) -> None:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+
+
 def synchronize(device) -> None:
     import torch
 
@@ -240,14 +248,6 @@ def release_memory(device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-
-
-def set_tf32(enabled: bool) -> None:
-    import torch
-
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
-    torch.set_float32_matmul_precision("high" if enabled else "highest")
 
 
 def attention_kernels(config: StepConfig):
