@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from receipt_pipeline.core import aws, local_aws
-from receipt_pipeline.core.dynamo_schema import create_table_request
 
 SHARED_SROIE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sroie"
 
@@ -27,9 +26,8 @@ def aws_emulator():
 def receipts_table(aws_emulator) -> str:
     """A new, empty receipts table with the production keys and indexes; deleted after the test."""
     name = f"receipts-{uuid.uuid4().hex[:8]}"
-    client = aws.client("dynamodb")
-    client.create_table(**create_table_request(name))
-    client.get_waiter("table_exists").wait(TableName=name)
+    client = aws.client("dynamodb")  # made now: a test may point the environment elsewhere meanwhile
+    local_aws.create_receipts_table(name)
     yield name
     client.delete_table(TableName=name)
 
@@ -41,8 +39,7 @@ def seeded_receipts_table(receipts: int, seed: int) -> Iterator[str]:
 
     name = f"receipts-seeded-{uuid.uuid4().hex[:8]}"
     client = aws.client("dynamodb")
-    client.create_table(**create_table_request(name))
-    client.get_waiter("table_exists").wait(TableName=name)
+    local_aws.create_receipts_table(name)
     seed_synthetic(name, receipts, seed=seed)
     try:
         yield name

@@ -15,6 +15,7 @@ share of what was read.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ from receipt_pipeline.core.dynamo_schema import (
     image_id_of,
     image_pk,
     item_key,
+    label_in_keys,
     label_sk,
     parse_label,
     parse_word,
@@ -48,6 +50,10 @@ from receipt_pipeline.core.dynamo_schema import (
 
 Strategy = Literal["gsi3", "scan"]
 SNAPSHOT_STATUS = "VALID"
+# what the label snapshot reads of each label: the label is in its keys only (GSI3SK names it)
+SNAPSHOT_ATTRIBUTES = ("GSI3SK", "timestamp_added")
+# the snapshot's count for label items whose keys name no label
+UNNAMED_LABEL = "(no label in the key)"
 MAX_LISTED_BAD_KEYS = 20
 
 
@@ -153,7 +159,7 @@ def _missing_table_or_index(error: ClientError, client, table: str, index: str |
 
 def _labels_with_status(client, table: str, status: str, tally: _Tally, *attributes: str) -> Iterator[dict[str, Any]]:
     """The labels of one validation status, through the GSI3 index, with only ``attributes`` read."""
-    names = {f"#a{i}": name for i, name in enumerate(attributes)}  # `label` is a reserved word
+    names = {f"#a{i}": name for i, name in enumerate(attributes)}  # some names are reserved words
     yield from _pages(
         client,
         "query",
@@ -175,7 +181,7 @@ def labelled_image_ids(
     image_ids: set[str] = set()
     for status in statuses:
         counted = counter if status == SNAPSHOT_STATUS else None
-        attributes = ("PK", "label", "timestamp_added") if counted else ("PK",)
+        attributes = ("PK", *SNAPSHOT_ATTRIBUTES) if counted else ("PK",)
         for item in _labels_with_status(client, table, status, tally, *attributes):
             if counted:
                 counted.add(item)
@@ -229,6 +235,11 @@ class _Partial:
     conflicts: int = 0
     newest_label_timestamp: str = ""
 
+    def saw_label_added(self, timestamp: str) -> None:
+        # compared as times: the table mixes forms (with and without an offset or microseconds)
+        if _sortable(timestamp) > _sortable(self.newest_label_timestamp):
+            self.newest_label_timestamp = timestamp
+
     def skip(self, reason: str, key: str, detail: str = "") -> None:
         self.skipped[reason] += 1
         if len(self.skipped_keys) < MAX_LISTED_BAD_KEYS:
@@ -258,7 +269,7 @@ def _choose_label(labels: list[WordLabel], options: ReadOptions) -> tuple[str | 
         name = options.label_merges.get(label.label, label.label)
         if options.label_allowlist and name not in options.label_allowlist:
             continue
-        candidates[name] = max(candidates.get(name, ""), label.timestamp_added)
+        candidates[name] = max(candidates.get(name, ""), label.timestamp_added, key=_sortable)
     if not candidates:
         return None, False
     chosen = sorted(candidates.items(), key=lambda kv: (-_sortable(kv[1]), kv[0]))[0][0]
@@ -266,10 +277,12 @@ def _choose_label(labels: list[WordLabel], options: ReadOptions) -> tuple[str | 
 
 
 def _sortable(timestamp: str) -> float:
+    """Seconds since the epoch of an ISO 8601 time, a time without an offset read as UTC; -inf if unreadable."""
     try:
-        return pd.Timestamp(timestamp).timestamp()
+        moment = dt.datetime.fromisoformat(timestamp)
     except (ValueError, TypeError):
         return float("-inf")
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Partial:
@@ -357,7 +370,7 @@ def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Parti
         for name, value in row.items():
             columns[name].append(value)
         for label in word_labels:
-            partial.newest_label_timestamp = max(partial.newest_label_timestamp, label.timestamp_added)
+            partial.saw_label_added(label.timestamp_added)
     return partial
 
 
@@ -414,7 +427,7 @@ def _combine(partials: list[_Partial], options: ReadOptions, tally: _Tally, snap
         skipped_keys=[key for p in partials for key in p.skipped_keys][:MAX_LISTED_BAD_KEYS],
         label_counts=Counter(frame["label"].dropna().tolist()),
         words_with_conflicting_labels=sum(p.conflicts for p in partials),
-        newest_label_timestamp=max((p.newest_label_timestamp for p in partials), default="") or None,
+        newest_label_timestamp=max((p.newest_label_timestamp for p in partials), default="", key=_sortable) or None,
         snapshot=snapshot,
     )
     statuses = ", ".join(options.accepted_statuses)
@@ -472,7 +485,7 @@ class _SnapshotCounter:
 
     def add(self, label_item: Mapping[str, Any]) -> None:
         self.items += 1
-        self.per_label[str(label_item.get("label", ""))] += 1
+        self.per_label[label_in_keys(dict(label_item)) or UNNAMED_LABEL] += 1
         stamp = str(label_item.get("timestamp_added", ""))
         if _sortable(stamp) > self._newest_key:
             self.newest, self._newest_key = stamp, _sortable(stamp)
@@ -489,6 +502,6 @@ def label_snapshot(table: str, status: str = SNAPSHOT_STATUS, client=None) -> La
     client = client or aws.client("dynamodb")
     tally = _Tally()
     counter = _SnapshotCounter()
-    for item in _labels_with_status(client, table, status, tally, "label", "timestamp_added"):
+    for item in _labels_with_status(client, table, status, tally, *SNAPSHOT_ATTRIBUTES):
         counter.add(item)
     return counter.snapshot(status, tally.items)

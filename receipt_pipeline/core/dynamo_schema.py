@@ -21,6 +21,7 @@ GLOBAL_SECONDARY_INDEXES = [
     ("GSI1", "GSI1PK", "GSI1SK"),
     ("GSI2", "GSI2PK", "GSI2SK"),
     ("GSI3", "GSI3PK", "GSI3SK"),
+    ("GSI4", "GSI4PK", "GSI4SK"),
     ("GSITYPE", "TYPE", None),
 ]
 
@@ -28,6 +29,13 @@ RECEIPT = "RECEIPT"
 RECEIPT_LINE = "RECEIPT_LINE"
 RECEIPT_WORD = "RECEIPT_WORD"
 RECEIPT_WORD_LABEL = "RECEIPT_WORD_LABEL"
+# item types in the same partitions that this pipeline never reads
+IMAGE = "IMAGE"
+IMAGE_LINE = "LINE"
+IMAGE_WORD = "WORD"
+IMAGE_LETTER = "LETTER"
+RECEIPT_LETTER = "RECEIPT_LETTER"
+RECEIPT_WORD_LABEL_SPATIAL_ANALYSIS = "RECEIPT_WORD_LABEL_SPATIAL_ANALYSIS"
 
 VALIDATION_STATUSES = ("NONE", "PENDING", "VALID", "INVALID", "NEEDS_REVIEW")
 
@@ -38,6 +46,7 @@ LABEL_VOCABULARY = (
 )  # fmt: skip
 
 GSI1_LABEL_WIDTH = 40
+TTL_ATTRIBUTE = "time_to_live"
 
 
 def create_table_request(table_name: str) -> dict[str, Any]:
@@ -84,6 +93,11 @@ def label_sk(receipt_id: int, line_id: int, word_id: int, label: str) -> str:
     return f"{word_sk(receipt_id, line_id, word_id)}#LABEL#{label}"
 
 
+def receipt_gsi_key(image_id: str, receipt_id: int) -> str:
+    """``IMAGE#<uuid>#RECEIPT#00001``: the receipt's partition in GSI4 (and the words' and lines' in GSI3)."""
+    return f"{image_pk(image_id)}#{receipt_sk(receipt_id)}"
+
+
 def validation_status_gsi3pk(status: str) -> str:
     return f"VALIDATION_STATUS#{status}"
 
@@ -97,6 +111,8 @@ _WORD_SK = re.compile(r"^RECEIPT#(?P<receipt>\d{5})#LINE#(?P<line>\d{5})#WORD#(?
 _LABEL_SK = re.compile(
     r"^RECEIPT#(?P<receipt>\d{5})#LINE#(?P<line>\d{5})#WORD#(?P<word>\d{5})#LABEL#(?P<label>[A-Z0-9_]+)$"
 )
+# a word label's GSI3SK: IMAGE#<uuid>#RECEIPT#00001#LINE#00001#WORD#00001#LABEL#<LABEL>
+_LABEL_GSI3SK = re.compile(r"^IMAGE#[^#]+#RECEIPT#\d{5}#LINE#\d{5}#WORD#\d{5}#LABEL#(?P<label>[A-Z0-9_]+)$")
 _RECEIPT_SK = re.compile(r"^RECEIPT#(?P<receipt>\d{5})$")
 _WORD_SK_PREFIX = re.compile(r"^RECEIPT#(?P<receipt>\d{5})#LINE#(?P<line>\d{5})#WORD#(?P<word>\d{5})(?:#|$)")
 
@@ -228,7 +244,8 @@ def _confidence(value: Any, key: str) -> float:
 def parse_label(item: dict[str, Any]) -> WordLabel:
     """A ``RECEIPT_WORD_LABEL`` item as a :class:`WordLabel`; raises :class:`BadItem`.
 
-    The label is the one the key names; a ``label`` attribute, where present, must name the same one.
+    The label is the one the key names: the users' writer keeps it in the keys only (``SK``, ``GSI1PK``,
+    ``GSI3SK``), never in an attribute, so an attribute called ``label`` is not read.
     Whether the label is known (:data:`LABEL_VOCABULARY`) is the reader's call, which knows the merges.
     """
     key = item_key(item)
@@ -236,11 +253,6 @@ def parse_label(item: dict[str, Any]) -> WordLabel:
     match = _LABEL_SK.match(item.get("SK", ""))
     if image_id is None or match is None:
         raise BadItem("malformed_key", key)
-    label = item.get("label")
-    if label is not None and not isinstance(label, str):
-        raise BadItem("wrong_type", key, f"label={label!r}, expected a string")
-    if label and label.strip().upper() != match["label"]:
-        raise BadItem("label_disagrees_with_key", key, f"label={label!r} but the key says {match['label']}")
     status = item.get("validation_status")
     if status is None:
         raise BadItem("missing_validation_status", key)
@@ -254,6 +266,13 @@ def parse_label(item: dict[str, Any]) -> WordLabel:
         validation_status=status,
         timestamp_added=str(item.get("timestamp_added") or ""),
     )
+
+
+def label_in_keys(item: dict[str, Any]) -> str | None:
+    """The label a word-label item names in its ``SK``, or in its ``GSI3SK`` where a query projected only
+    that; None when neither key has the label's shape."""
+    match = _LABEL_SK.match(str(item.get("SK", ""))) or _LABEL_GSI3SK.match(str(item.get("GSI3SK", "")))
+    return match["label"] if match else None
 
 
 def receipt_id_of(item: dict[str, Any]) -> ReceiptKey | None:

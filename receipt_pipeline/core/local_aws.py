@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from receipt_pipeline.core import aws
-from receipt_pipeline.core.dynamo_schema import create_table_request
+from receipt_pipeline.core.dynamo_schema import TTL_ATTRIBUTE, create_table_request
 
 # Credentials the emulator accepts; never real ones.
 EMULATOR_ENV = {
@@ -52,12 +52,20 @@ def running_emulator(port: int = 0, host: str = "127.0.0.1") -> Iterator[dict[st
         server.stop()
 
 
+def create_receipts_table(table_name: str) -> None:
+    """The receipts table as production has it: keys, indexes, streams, and TTL on ``time_to_live``."""
+    dynamodb = aws.client("dynamodb")
+    dynamodb.create_table(**create_table_request(table_name))
+    dynamodb.get_waiter("table_exists").wait(TableName=table_name)
+    dynamodb.update_time_to_live(
+        TableName=table_name, TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE}
+    )
+
+
 def provision(table_name: str, bucket: str) -> None:
     """Creates the receipts table (real keys and indexes) and the artifacts bucket if they are missing."""
-    dynamodb = aws.client("dynamodb")
-    if table_name not in dynamodb.list_tables()["TableNames"]:
-        dynamodb.create_table(**create_table_request(table_name))
-        dynamodb.get_waiter("table_exists").wait(TableName=table_name)
+    if table_name not in aws.client("dynamodb").list_tables()["TableNames"]:
+        create_receipts_table(table_name)
     s3 = aws.client("s3")
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     if bucket not in existing:

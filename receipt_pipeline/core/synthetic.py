@@ -30,8 +30,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
-from receipt_pipeline.core import aws
-from receipt_pipeline.core import dynamo_schema as schema
+from receipt_pipeline.core import aws, dynamo_items
 
 __all__ = [
     "BATCH_SIZE",
@@ -116,6 +115,7 @@ class SyntheticReceipt:
     timestamp_added: str
     merchant: str
     lines: tuple[SyntheticLine, ...]
+    receipts_in_image: int = 1
 
     def words(self) -> Iterator[SyntheticWord]:
         for line in self.lines:
@@ -606,11 +606,24 @@ def _label(rng: random.Random, text: str, label: str, status: str, truth: str, l
     return SyntheticLabel(
         label=label,
         validation_status=status,
-        timestamp_added=added.isoformat(),
+        timestamp_added=_timestamp(added),
         label_proposed_by=rng.choice(_PROPOSERS),
         reasoning=reasoning,
         label_consolidated_from=consolidated,
     )
+
+
+def _timestamp(moment: datetime) -> str:
+    """ISO 8601 in one of the forms the users' table holds: with an offset or without, often with microseconds.
+    The form and the microseconds follow from the moment itself, so no random draw is spent on them."""
+    seconds = int(moment.timestamp())
+    precise = moment.replace(microsecond=seconds * 7919 % 1_000_000)
+    style = seconds % 3
+    if style == 0:
+        return moment.isoformat()
+    if style == 1:
+        return precise.isoformat()
+    return precise.replace(tzinfo=None).isoformat()  # UTC, as the users' writer stores naive times
 
 
 def _ensure_a_valid_label(
@@ -625,7 +638,7 @@ def _ensure_a_valid_label(
     line = lines[line_index]
     words = list(line.words)
     word = words[word_index]
-    valid = SyntheticLabel(word.truth, "VALID", labelled_at.isoformat(), "human_review", None, None)
+    valid = SyntheticLabel(word.truth, "VALID", _timestamp(labelled_at), "human_review", None, None)
     others = tuple(label for label in word.labels if label.label != valid.label)
     words[word_index] = dataclasses.replace(word, labels=(valid, *others))
     lines = list(lines)
@@ -641,14 +654,16 @@ def _receipt_rng(seed: int, index: int) -> random.Random:
     return random.Random(f"synthetic-receipt:{seed}:{index}")
 
 
-def _image_ids(seed: int) -> Iterator[tuple[str, int]]:
-    """(image id, receipt id) for receipts in order: most images hold one receipt, some two."""
+def _image_ids(seed: int) -> Iterator[tuple[str, int, int]]:
+    """(image id, receipt id, receipts in the image) for receipts in order: most images hold one receipt,
+    some two."""
     rng = random.Random(f"synthetic-images:{seed}")
     image = 0
     while True:
         image_id = str(uuid.uuid5(IMAGE_NAMESPACE, f"{seed}:{image}"))
-        for receipt_id in range(1, 3 if rng.random() < 0.1 else 2):
-            yield image_id, receipt_id
+        count = 2 if rng.random() < 0.1 else 1
+        for receipt_id in range(1, count + 1):
+            yield image_id, receipt_id, count
         image += 1
 
 
@@ -663,12 +678,12 @@ def iter_synthetic_receipts(
     """
     if not 0.0 <= unlabelled_share <= 1.0:
         raise ValueError(f"unlabelled_share must be in 0..1, got {unlabelled_share}")
-    for index, (image_id, receipt_id) in zip(range(receipts), _image_ids(seed), strict=False):
-        yield _receipt(_receipt_rng(seed, index), index, image_id, receipt_id, unlabelled_share)
+    for index, (image_id, receipt_id, count) in zip(range(receipts), _image_ids(seed), strict=False):
+        yield _receipt(_receipt_rng(seed, index), index, image_id, receipt_id, count, unlabelled_share)
 
 
 def _receipt(
-    rng: random.Random, index: int, image_id: str, receipt_id: int, unlabelled_share: float
+    rng: random.Random, index: int, image_id: str, receipt_id: int, receipts_in_image: int, unlabelled_share: float
 ) -> SyntheticReceipt:
     kind = _weighted(rng, tuple(zip(_MERCHANT_KINDS, (0.5, 0.2, 0.1, 0.1, 0.1), strict=True)))
     merchant = rng.choice(kind.names)
@@ -706,9 +721,10 @@ def _receipt(
         width=round(frame.width),
         height=round(frame.height),
         angle_degrees=angle_degrees,
-        timestamp_added=added.isoformat(),
+        timestamp_added=_timestamp(added),
         merchant=merchant,
         lines=tuple(lines),
+        receipts_in_image=receipts_in_image,
     )
 
 
@@ -750,121 +766,155 @@ def _word(
 # =========================================================================================== items
 
 
-def _number(value: float, places: int = 6) -> Decimal:
-    return Decimal(f"{value:.{places}f}")
-
-
-def _geometry(corners: Corners, angle_degrees: float) -> dict[str, Any]:
-    xs = [x for x, _ in corners]
-    ys = [y for _, y in corners]
-    x0, y0 = min(xs), min(ys)
-    return {
-        "bounding_box": {
-            "x": _number(x0),
-            "y": _number(y0),  # the bottom edge: y points up
-            "width": _number(max(xs) - x0),
-            "height": _number(max(ys) - y0),
-        },
-        **{
-            name: {"x": _number(x), "y": _number(y)}
-            for name, (x, y) in zip(("top_left", "top_right", "bottom_left", "bottom_right"), corners, strict=True)
-        },
-        "angle_degrees": _number(angle_degrees, 4),
-        "angle_radians": _number(math.radians(angle_degrees), 8),
-    }
-
-
-def _receipt_item(receipt: SyntheticReceipt, pk: str, raw_bucket: str) -> dict[str, Any]:
-    # where the receipt sits in its photo: a little inset and turned like its text
+def _receipt_item(receipt: SyntheticReceipt, raw_bucket: str) -> dict[str, Any]:
+    # where the receipt sits in its photo (image coordinates, y down): a little inset, turned like its text
     inset = 0.04 + (receipt.index % 5) * 0.01
     tilt = math.radians(receipt.angle_degrees) * 0.5
     corners = (
-        (inset, 1 - inset + tilt),
-        (1 - inset, 1 - inset - tilt),
-        (inset + tilt, inset),
-        (1 - inset + tilt, inset),
+        (inset, inset - tilt),
+        (1 - inset, inset + tilt),
+        (inset + tilt, 1 - inset),
+        (1 - inset + tilt, 1 - inset),
     )
-    return {
-        "PK": pk,
-        "SK": schema.receipt_sk(receipt.receipt_id),
-        "TYPE": schema.RECEIPT,
-        "width": Decimal(receipt.width),
-        "height": Decimal(receipt.height),
-        "timestamp_added": receipt.timestamp_added,
-        "raw_s3_bucket": raw_bucket,
-        "raw_s3_key": f"raw/{receipt.image_id}.png",
-        **{
-            name: {"x": _number(_unit(x)), "y": _number(_unit(y))}
-            for name, (x, y) in zip(("top_left", "top_right", "bottom_left", "bottom_right"), corners, strict=True)
-        },
-        "sha256": hashlib.sha256(f"{receipt.image_id}:{receipt.receipt_id}".encode()).hexdigest(),
-        "cdn_s3_bucket": None,
-        "cdn_s3_key": None,
-        "cdn_webp_s3_key": None,
-        "cdn_avif_s3_key": None,
-    }
+    return dynamo_items.receipt_item(
+        receipt.image_id,
+        receipt.receipt_id,
+        width=receipt.width,
+        height=receipt.height,
+        timestamp_added=receipt.timestamp_added,
+        raw_s3_bucket=raw_bucket,
+        raw_s3_key=f"raw/{receipt.image_id}.png",
+        corners=tuple((_unit(x), _unit(y)) for x, y in corners),
+        sha256=hashlib.sha256(f"{receipt.image_id}:{receipt.receipt_id}".encode()).hexdigest(),
+    )
 
 
-def _line_item(pk: str, receipt: SyntheticReceipt, line: SyntheticLine) -> dict[str, Any]:
-    is_noise = all(word.is_noise for word in line.words)
-    return {
-        "PK": pk,
-        "SK": schema.line_sk(receipt.receipt_id, line.line_id),
-        "TYPE": schema.RECEIPT_LINE,
-        "text": line.text,
-        **_geometry(line.corners, receipt.angle_degrees),
-        "confidence": _number(line.confidence, 2),
-        "embedding_status": "NOISE" if is_noise else "SUCCESS",
-        "is_noise": is_noise,
-    }
+def _image_items(receipt: SyntheticReceipt, raw_bucket: str) -> Iterator[dict[str, Any]]:
+    """What the users' table also keeps in an image's partition: the image, and a sample of the photo's own
+    OCR (lines, words, letters): enough for the reader to meet every item type, not one per character."""
+    if receipt.receipt_id == 1:
+        yield dynamo_items.image_item(
+            receipt.image_id,
+            width=receipt.width + 200,
+            height=receipt.height + 300,
+            timestamp_added=receipt.timestamp_added,
+            raw_s3_bucket=raw_bucket,
+            raw_s3_key=f"raw/{receipt.image_id}.png",
+            receipt_count=receipt.receipts_in_image,
+            sha256=hashlib.sha256(receipt.image_id.encode()).hexdigest(),
+        )
+    for line in receipt.lines[:2]:
+        line_id = (receipt.receipt_id - 1) * 1000 + line.line_id  # the photo's lines, numbered across receipts
+        yield dynamo_items.image_line_item(
+            receipt.image_id,
+            line_id,
+            text=line.text,
+            corners=line.corners,
+            angle_degrees=receipt.angle_degrees,
+            confidence=line.confidence,
+        )
+        for word in line.words:
+            yield dynamo_items.image_word_item(
+                receipt.image_id,
+                line_id,
+                word.word_id,
+                text=word.text,
+                corners=word.corners,
+                angle_degrees=receipt.angle_degrees,
+                confidence=word.confidence,
+            )
+        first = line.words[0]
+        yield from dynamo_items.letter_items(
+            receipt.image_id,
+            None,
+            line_id,
+            first.word_id,
+            text=first.text,
+            corners=first.corners,
+            angle_degrees=receipt.angle_degrees,
+        )
 
 
-def _word_item(pk: str, receipt: SyntheticReceipt, line: SyntheticLine, word: SyntheticWord) -> dict[str, Any]:
-    return {
-        "PK": pk,
-        "SK": schema.word_sk(receipt.receipt_id, line.line_id, word.word_id),
-        "TYPE": schema.RECEIPT_WORD,
-        "text": word.text,
-        **_geometry(word.corners, receipt.angle_degrees),
-        "confidence": _number(word.confidence, 2),
-        "embedding_status": word.embedding_status,
-        "is_noise": word.is_noise,
-        "extracted_data": None,
-    }
+def _word_items(receipt: SyntheticReceipt, line: SyntheticLine, word: SyntheticWord) -> Iterator[dict[str, Any]]:
+    ids = (receipt.image_id, receipt.receipt_id, line.line_id, word.word_id)
+    yield dynamo_items.word_item(
+        *ids,
+        text=word.text,
+        corners=word.corners,
+        angle_degrees=receipt.angle_degrees,
+        confidence=word.confidence,
+        embedding_status=word.embedding_status,
+        is_noise=word.is_noise,
+    )
+    for label in word.labels:
+        yield dynamo_items.label_item(
+            *ids,
+            label.label,
+            validation_status=label.validation_status,
+            timestamp_added=label.timestamp_added,
+            reasoning=label.reasoning,
+            label_proposed_by=label.label_proposed_by,
+            label_consolidated_from=label.label_consolidated_from,
+        )
+    if line.line_id == 1:  # the receipt's own letters, for its first line
+        yield from dynamo_items.letter_items(
+            *ids[:2],
+            line.line_id,
+            word.word_id,
+            text=word.text,
+            corners=word.corners,
+            angle_degrees=receipt.angle_degrees,
+        )
 
 
-def _label_item(
-    pk: str, receipt: SyntheticReceipt, line: SyntheticLine, word: SyntheticWord, label: SyntheticLabel
-) -> dict[str, Any]:
-    sk = schema.label_sk(receipt.receipt_id, line.line_id, word.word_id, label.label)
-    return {
-        "PK": pk,
-        "SK": sk,
-        "TYPE": schema.RECEIPT_WORD_LABEL,
-        "label": label.label,
-        "validation_status": label.validation_status,
-        "reasoning": label.reasoning,
-        "timestamp_added": label.timestamp_added,
-        "label_proposed_by": label.label_proposed_by,
-        "label_consolidated_from": label.label_consolidated_from,
-        # sorted by time within a status, unique through the key
-        "GSI3PK": schema.validation_status_gsi3pk(label.validation_status),
-        "GSI3SK": f"{label.timestamp_added}#{pk}#{sk}",
-        "GSI1PK": schema.label_gsi1pk(label.label),
-        "GSI1SK": f"{pk}#{schema.word_sk(receipt.receipt_id, line.line_id, word.word_id)}",
-    }
+def _spatial_analysis(receipt: SyntheticReceipt) -> Iterator[dict[str, Any]]:
+    # a label analysis of the receipt's first VALID label, relating it to the next one
+    valid = [(line, word) for line in receipt.lines for word in line.words if word.valid_labels]
+    if len(valid) < 2:
+        return
+    (line, word), (other_line, other) = valid[:2]
+    (x, y), *_ = word.corners
+    (to_x, to_y), *_ = other.corners
+    yield dynamo_items.spatial_analysis_item(
+        receipt.image_id,
+        receipt.receipt_id,
+        line.line_id,
+        word.word_id,
+        from_label=word.valid_labels[0],
+        from_position=(round(x, 6), round(y, 6)),
+        relationships=[
+            {
+                "to_label": other.valid_labels[0],
+                "to_line_id": Decimal(other_line.line_id),
+                "to_word_id": Decimal(other.word_id),
+                "distance": Decimal(f"{math.hypot(to_x - x, to_y - y):.6f}"),
+                "angle": Decimal(f"{math.atan2(to_y - y, to_x - x):.6f}"),
+            }
+        ],
+        timestamp_added=receipt.timestamp_added,
+    )
 
 
 def receipt_items(receipt: SyntheticReceipt, *, raw_bucket: str = RAW_BUCKET) -> Iterator[dict[str, Any]]:
-    """The table items of one receipt: the receipt, then each line with its words and their labels."""
-    pk = schema.image_pk(receipt.image_id)
-    yield _receipt_item(receipt, pk, raw_bucket)
+    """The table items of one receipt, shaped as the users' writer shapes them (see :mod:`dynamo_items`): the
+    receipt, each line with its words and their labels, and the items that share the partition unread."""
+    yield from _image_items(receipt, raw_bucket)
+    yield _receipt_item(receipt, raw_bucket)
     for line in receipt.lines:
-        yield _line_item(pk, receipt, line)
+        yield dynamo_items.line_item(
+            receipt.image_id,
+            receipt.receipt_id,
+            line.line_id,
+            text=line.text,
+            corners=line.corners,
+            angle_degrees=receipt.angle_degrees,
+            confidence=line.confidence,
+            embedding_status="NOISE" if all(word.is_noise for word in line.words) else "SUCCESS",
+            is_noise=all(word.is_noise for word in line.words),
+        )
         for word in line.words:
-            yield _word_item(pk, receipt, line, word)
-            for label in word.labels:
-                yield _label_item(pk, receipt, line, word, label)
+            yield from _word_items(receipt, line, word)
+    yield from _spatial_analysis(receipt)
 
 
 def iter_receipt_items(
@@ -892,7 +942,7 @@ class ExpectedTruth:
     noise_words_in_labelled_receipts: int
     words_with_valid_label: int
     valid_label_counts: Counter[str]  # VALID label items per label
-    items: int  # every item of every receipt
+    items: int  # every item of every receipt, the unread types in its partition included
 
 
 def expected_truth(receipts: int, seed: int, *, unlabelled_share: float = DEFAULT_UNLABELLED_SHARE) -> ExpectedTruth:
@@ -900,7 +950,7 @@ def expected_truth(receipts: int, seed: int, *, unlabelled_share: float = DEFAUL
     counts: Counter[str] = Counter()
     for receipt in iter_synthetic_receipts(receipts, seed, unlabelled_share=unlabelled_share):
         receipt_words = list(receipt.words())
-        items += 1 + len(receipt.lines) + len(receipt_words) + sum(len(w.labels) for w in receipt_words)
+        items += sum(1 for _ in receipt_items(receipt))
         if not receipt.has_valid_label:
             continue
         labelled += 1

@@ -1,17 +1,24 @@
+import datetime
 import math
 from collections import Counter
 
 import pandas as pd
 import pytest
 
+from receipt_pipeline.core import dynamo_items
 from receipt_pipeline.core.dynamo_reader import ReadOptions, ReceiptReadError, label_snapshot, read_receipt_words
-from receipt_pipeline.core.dynamo_schema import word_sk
+from receipt_pipeline.core.dynamo_schema import LABEL_VOCABULARY, label_in_keys, word_sk
 from receipt_pipeline.core.synthetic import expected_truth, iter_receipt_items, seed_synthetic
 from receipt_pipeline_tests.aws_faults import THROTTLE, FaultProxy
 from receipt_pipeline_tests.dynamo_items import box, label_item, put_items, receipt_item, word_item
 
 IMAGE_A = "3f1d2c4b-0000-4000-8000-00000000000a"
 IMAGE_B = "3f1d2c4b-0000-4000-8000-00000000000b"
+
+
+def _moment(timestamp: str) -> datetime.datetime:
+    moment = datetime.datetime.fromisoformat(timestamp)
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
 
 
 def _labels(frame: pd.DataFrame) -> list[str | None]:
@@ -22,13 +29,30 @@ def _labelled_receipt() -> list[dict]:
     """Image A, receipt 1: a merchant line and a total line; image B: PENDING labels only."""
     return [
         receipt_item(IMAGE_A, 1),
-        {
-            "PK": f"IMAGE#{IMAGE_A}",
-            "SK": "RECEIPT#00001#LINE#00001",
-            "TYPE": "RECEIPT_LINE",
-            "text": "ACME MART",
-        },
-        {"PK": f"IMAGE#{IMAGE_A}", "SK": "IMAGE", "TYPE": "IMAGE", "width": 10},  # other item types
+        dynamo_items.line_item(IMAGE_A, 1, 1, text="ACME MART", corners=dynamo_items.box_corners(0.1, 0.9, 0.45, 0.05)),
+        # other item types of the partition, which the reader leaves alone
+        dynamo_items.image_item(
+            IMAGE_A,
+            width=1200,
+            height=3600,
+            timestamp_added="2026-01-01T00:00:00",
+            raw_s3_bucket="raw",
+            raw_s3_key="raw/a.png",
+            receipt_count=1,
+        ),
+        *dynamo_items.letter_items(
+            IMAGE_A, 1, 1, 1, text="ACME", corners=dynamo_items.box_corners(0.1, 0.9, 0.2, 0.05)
+        ),
+        dynamo_items.spatial_analysis_item(
+            IMAGE_A,
+            1,
+            1,
+            1,
+            from_label="MERCHANT_NAME",
+            from_position=(0.1, 0.9),
+            relationships=[],
+            timestamp_added="2026-01-01T00:00:00",
+        ),
         word_item(IMAGE_A, 1, 1, 1, "ACME", box(0.10, 0.90, 0.20, 0.05)),
         word_item(IMAGE_A, 1, 1, 2, "MART", box(0.35, 0.90, 0.20, 0.05)),
         word_item(IMAGE_A, 1, 2, 1, "TOTAL", box(0.10, 0.20, 0.20, 0.04)),
@@ -193,9 +217,13 @@ def test_the_label_snapshot_counts_valid_labels_and_finds_the_newest(receipts_ta
 
     snapshot = label_snapshot(receipts_table)
 
+    # as the users' writer leaves them: the label is in the keys, never an attribute
+    assert not any("label" in item for item in valid)
     assert snapshot.labels == len(valid) == sum(expected_truth(receipts, seed).valid_label_counts.values())
-    assert snapshot.per_label == dict(sorted(Counter(item["label"] for item in valid).items()))
-    assert snapshot.newest_timestamp == max(item["timestamp_added"] for item in valid)
+    assert snapshot.per_label == dict(sorted(Counter(item["SK"].rsplit("#LABEL#", 1)[1] for item in valid).items()))
+    assert set(snapshot.per_label) <= set(LABEL_VOCABULARY) and len(snapshot.per_label) > 5
+    # the table mixes forms (offset or none, microseconds or none): the newest by time, not by string
+    assert snapshot.newest_timestamp == max((item["timestamp_added"] for item in valid), key=_moment)
     assert label_snapshot(receipts_table).version == snapshot.version  # nothing changed, same version
 
     image = valid[0]["PK"].removeprefix("IMAGE#")
@@ -228,3 +256,16 @@ def test_the_read_counts_the_tables_valid_labels_in_the_pass_that_finds_the_data
         images = result.frame["image_id"].nunique()
         index_pages = result.requests - images
         assert 1 <= index_pages <= 2, (result.requests, images)
+
+
+def test_a_label_is_read_from_its_keys_and_an_attribute_called_label_is_not_read(receipts_table):
+    stray = label_item(IMAGE_A, 1, 2, 1, "SUBTOTAL")
+    stray["label"] = "TAX"  # no writer of the users' sets this; were it read, the word would be a TAX
+    put_items(receipts_table, [*_labelled_receipt(), stray])
+
+    result = read_receipt_words(ReadOptions(table=receipts_table))
+
+    assert _labels(result.frame) == ["MERCHANT_NAME", "MERCHANT_NAME", "SUBTOTAL", "GRAND_TOTAL"]
+    assert result.snapshot.per_label == {"GRAND_TOTAL": 1, "MERCHANT_NAME": 2, "SUBTOTAL": 1}
+    assert label_snapshot(receipts_table).per_label == result.snapshot.per_label
+    assert label_in_keys({"GSI3SK": stray["GSI3SK"]}) == label_in_keys({"SK": stray["SK"]}) == "SUBTOTAL"

@@ -17,13 +17,12 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.config import Config
 
-from receipt_pipeline.core import aws, dynamo_schema, synthetic
+from receipt_pipeline.core import aws, dynamo_schema, local_aws, synthetic
 from receipt_pipeline.core.dynamo_schema import (
     RECEIPT,
     RECEIPT_LINE,
     RECEIPT_WORD,
     RECEIPT_WORD_LABEL,
-    create_table_request,
     parse_label,
     parse_word,
 )
@@ -112,9 +111,8 @@ def _truth_by_word(receipts: Iterable[SyntheticReceipt]) -> dict[tuple, str | No
 def seeded(aws_emulator):
     """A table holding RECEIPTS receipts of SEED, the stats of writing them, and every item read back."""
     table = f"receipts-synthetic-{uuid.uuid4().hex[:8]}"
+    local_aws.create_receipts_table(table)
     client = aws.client("dynamodb")
-    client.create_table(**create_table_request(table))
-    client.get_waiter("table_exists").wait(TableName=table)
     progress: list[synthetic.WriteStats] = []
     stats = seed_synthetic(table, RECEIPTS, SEED, on_progress=progress.append)
     items, pages = _paginated("scan", TableName=table)
@@ -149,28 +147,81 @@ def test_the_table_holds_every_generated_item_exactly_once(seeded):
     assert seeded["progress"][-1].items == len(generated)
 
 
-def test_every_item_type_is_present_and_words_and_labels_parse_with_the_readers_parsers(seeded):
+# the attributes of each item type as the users' writer sets them (../shared/docs/dynamo-schema.md)
+_GEOMETRY = {"text", "bounding_box", "top_left", "top_right", "bottom_left", "bottom_right", "angle_degrees",
+             "angle_radians", "confidence"}  # fmt: skip
+_SHAPES = {
+    RECEIPT: {"PK", "SK", "TYPE", "GSI1PK", "GSI1SK", "GSI2PK", "GSI2SK", "GSI4PK", "GSI4SK", "width", "height",
+              "timestamp_added", "raw_s3_bucket", "raw_s3_key", "top_left", "top_right", "bottom_left",
+              "bottom_right", "sha256", "cdn_s3_bucket", "cdn_s3_key", "cdn_webp_s3_key", "cdn_avif_s3_key"},
+    RECEIPT_LINE: {"PK", "SK", "TYPE", "GSI1PK", "GSI1SK", "GSI3PK", "GSI3SK", "GSI4PK", "GSI4SK",
+                   "embedding_status", "is_noise", *_GEOMETRY},
+    RECEIPT_WORD: {"PK", "SK", "TYPE", "GSI1PK", "GSI1SK", "GSI2PK", "GSI2SK", "GSI3PK", "GSI3SK", "GSI4PK", "GSI4SK",
+                   "embedding_status", "is_noise", "extracted_data", *_GEOMETRY},
+    RECEIPT_WORD_LABEL: {"PK", "SK", "TYPE", "GSI1PK", "GSI1SK", "GSI2PK", "GSI2SK", "GSI3PK", "GSI3SK", "GSI4PK",
+                         "GSI4SK", "validation_status", "reasoning", "timestamp_added", "label_proposed_by",
+                         "label_consolidated_from"},
+}  # fmt: skip
+_UNREAD_TYPES = {"IMAGE", "LINE", "WORD", "LETTER", "RECEIPT_LETTER", "RECEIPT_WORD_LABEL_SPATIAL_ANALYSIS"}
+
+
+def _places(number: Decimal) -> int:
+    return -number.as_tuple().exponent
+
+
+def test_every_item_has_the_shape_the_users_writer_gives_it(seeded):
     by_type = defaultdict(list)
     for item in seeded["items"]:
         by_type[item["TYPE"]].append(item)
 
-    assert set(by_type) == {RECEIPT, RECEIPT_LINE, RECEIPT_WORD, RECEIPT_WORD_LABEL}
+    assert set(by_type) == set(_SHAPES) | _UNREAD_TYPES
     assert len(by_type[RECEIPT]) == RECEIPTS
-    words = [parse_word(item, tolerance=0.0) for item in by_type[RECEIPT_WORD]]
-    labels = [parse_label(item) for item in by_type[RECEIPT_WORD_LABEL]]
+    for item_type, shape in _SHAPES.items():
+        for item in by_type[item_type]:
+            assert set(item) == shape, (item_type, set(item) ^ shape)
+    for item in by_type[RECEIPT_WORD_LABEL]:
+        # the label is in the keys only
+        label = item["SK"].rsplit("#LABEL#", 1)[1]
+        word = item["PK"] + "#" + item["SK"].rsplit("#LABEL#", 1)[0]
+        assert item["GSI3PK"] == f"VALIDATION_STATUS#{item['validation_status']}"
+        assert item["GSI3SK"] == f"{item['PK']}#{item['SK']}"
+        assert item["GSI1PK"] == f"LABEL#{label}".ljust(40, "_") and len(item["GSI1PK"]) == 40
+        assert item["GSI1SK"] == item["GSI2SK"] == word and item["GSI2PK"] == "RECEIPT"
+        assert item["GSI4PK"] == word.split("#LINE#")[0] and item["GSI4SK"].startswith("4_LABEL#")
+    for item in by_type[RECEIPT_WORD] + by_type[RECEIPT_LINE]:
+        receipt = item["PK"] + "#" + item["SK"].split("#LINE#")[0]
+        kind = "WORD" if item["TYPE"] == RECEIPT_WORD else "LINE"
+        assert (item["GSI3PK"], item["GSI3SK"], item["GSI4PK"]) == (receipt, kind, receipt)
+        assert item["GSI1PK"] == f"EMBEDDING_STATUS#{item['embedding_status']}"
+        # numbers with the writer's many decimals
+        assert {_places(v) for v in item["bounding_box"].values()} == {20}
+        assert {_places(v) for corner in ("top_left", "bottom_right") for v in item[corner].values()} == {20}
+        assert _places(item["angle_degrees"]) == _places(item["angle_radians"]) == 18
+        assert _places(item["confidence"]) == 2
+    for receipt in by_type[RECEIPT]:
+        assert receipt["width"] == int(receipt["width"]) > 0 and receipt["height"] == int(receipt["height"]) > 0
+        assert receipt["GSI4PK"] == f"{receipt['PK']}#{receipt['SK']}" and receipt["GSI4SK"] == "0_RECEIPT"
+        assert {_places(v) for corner in ("top_left", "bottom_right") for v in receipt[corner].values()} == {18}
+        assert receipt["top_left"]["y"] < receipt["bottom_left"]["y"]  # image coordinates: y points down
+        datetime.datetime.fromisoformat(receipt["timestamp_added"])
+        assert receipt["raw_s3_key"].endswith(".png") and len(receipt["sha256"]) == 64
+        assert receipt["cdn_s3_key"] is None
+    # the forms the table holds: with an offset and without, with microseconds and without
+    stamps = [datetime.datetime.fromisoformat(item["timestamp_added"]) for item in by_type[RECEIPT_WORD_LABEL]]
+    assert {stamp.tzinfo is None for stamp in stamps} == {True, False}
+    assert {stamp.microsecond == 0 for stamp in stamps} == {True, False}
+    # the other item types share the receipts' partitions
+    receipt_partitions = {item["PK"] for item in by_type[RECEIPT]}
+    assert {item["PK"] for item_type in _UNREAD_TYPES for item in by_type[item_type]} <= receipt_partitions
+
+
+def test_words_and_labels_parse_with_the_readers_parsers(seeded):
+    words = [parse_word(item, tolerance=0.0) for item in seeded["items"] if item["TYPE"] == RECEIPT_WORD]
+    labels = [parse_label(item) for item in seeded["items"] if item["TYPE"] == RECEIPT_WORD_LABEL]
     assert {label.key for label in labels} <= {word.key for word in words}
     assert all(0 < word.confidence <= 1 and round(word.confidence, 2) == word.confidence for word in words)
     assert {label.label for label in labels} <= set(dynamo_schema.LABEL_VOCABULARY)
-    for receipt in by_type[RECEIPT]:
-        assert receipt["width"] > 0 and receipt["height"] > 0
-        assert datetime.datetime.fromisoformat(receipt["timestamp_added"]).tzinfo is not None
-        assert receipt["raw_s3_key"].endswith(".png") and len(receipt["sha256"]) == 64
-        assert receipt["cdn_s3_key"] is None
-    for item in by_type[RECEIPT_WORD_LABEL]:
-        assert item["GSI3PK"] == dynamo_schema.validation_status_gsi3pk(item["validation_status"])
-        assert item["GSI1PK"] == dynamo_schema.label_gsi1pk(item["label"])
-        assert item["GSI3SK"].startswith(item["timestamp_added"])
-    assert {item["embedding_status"] for item in by_type[RECEIPT_WORD]} <= {
+    assert {item["embedding_status"] for item in seeded["items"] if item["TYPE"] == RECEIPT_WORD} <= {
         "NONE", "PENDING", "SUCCESS", "FAILED", "NOISE"
     }  # fmt: skip
 
@@ -244,7 +295,7 @@ def test_the_valid_labels_in_the_table_are_the_expected_ground_truth(seeded):
     )
 
     assert pages > 1
-    assert Counter(item["label"] for item in valid) == truth.valid_label_counts
+    assert Counter(dynamo_schema.label_in_keys(item) for item in valid) == truth.valid_label_counts
     assert truth.valid_label_counts == expected_valid_label_counts(RECEIPTS, SEED)
     assert [item["GSI3SK"] for item in valid] == sorted(item["GSI3SK"] for item in valid)
     labelled = {parse_label(item).key[:2] for item in valid}

@@ -58,6 +58,9 @@ def test_raw_receipt_words_materialises_and_loads_back_through_definitions(tmp_p
     assert "| MERCHANT_NAME | 2 |" in metadata["labelled_words_per_label"]
     assert metadata["skipped_items"] == 0
     assert metadata["newest_timestamp_added"] == "2026-02-01T00:00:00"
+    # the snapshot the split and the checkpoint carry on: labels by name, read from the keys
+    snapshot = build_definitions(settings).load_asset_value("raw_receipt_words").attrs[word_table.SNAPSHOT_ATTR]
+    assert snapshot["per_label"] == {"GRAND_TOTAL": 1, "MERCHANT_NAME": 2}
     assert [c.name for c in metadata["dagster/column_schema"].columns][:4] == [
         "source",
         "source_split",
@@ -162,6 +165,8 @@ def test_observing_the_table_versions_its_valid_labels(receipts_table, tmp_path)
 
     version, metadata = observe()
     assert metadata["valid_labels"] == 1 and metadata["newest_valid_label"] == "2026-02-01T00:00:00"
+    # the label is read from the key, as the users' writer keeps it (no `label` attribute)
+    assert metadata["valid_labels_per_label"].splitlines()[2:] == ["| DATE | 1 |"]
     assert observe()[0] == version
     put_items(receipts_table, [label_item("img-1", 1, 1, 2, "DATE", when="2026-03-01T00:00:00")])
     newer, metadata = observe()

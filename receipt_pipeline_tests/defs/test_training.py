@@ -9,6 +9,7 @@ import pytest
 
 from receipt_pipeline.core import storage
 from receipt_pipeline.core.dynamo_reader import label_snapshot
+from receipt_pipeline.core.dynamo_schema import LABEL_VOCABULARY
 from receipt_pipeline.core.settings import DeploymentSettings
 from receipt_pipeline.core.training import weights_digest
 from receipt_pipeline.definitions import build_definitions
@@ -100,6 +101,8 @@ def test_the_checkpoint_records_the_table_snapshot_and_the_report_names_the_chec
     assert checkpoint["table_valid_labels"] == table.labels > 0
     assert checkpoint["table_newest_valid_label"] == table.newest_timestamp
     assert checkpoint["table_valid_labels_per_label"] == table.per_label
+    # named by label, read from the keys (the users' writer sets no `label` attribute)
+    assert set(table.per_label) <= set(LABEL_VOCABULARY) and len(table.per_label) > 5
     report = _metadata(result, "evaluation_report")
     assert report["checkpoint_version"] == checkpoint["weights_sha256"]
     assert report["checkpoint_run"] == checkpoint["run"] and report["checkpoint"] == checkpoint["path"]
