@@ -1,13 +1,19 @@
-"""No GPU instance outlives its run: a sensor terminates instances whose run has ended or is unknown."""
+"""No GPU instance outlives its run: a sensor terminates this deployment's instances whose run has ended or
+is unknown, and never another deployment's."""
 
 from __future__ import annotations
 
 import dagster as dg
+from botocore.exceptions import BotoCoreError, ClientError
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
-from receipt_pipeline.core import aws
 from receipt_pipeline.core.settings import DeploymentSettings
 from receipt_pipeline.launcher import ec2, tags
+from receipt_pipeline.launcher.run_launcher import EC2GpuRunLauncher
+
+
+class ReaperError(RuntimeError):
+    """Some instances that should have ended could not be terminated; the message names each and why."""
 
 
 def orphaned_instances(instance: dg.DagsterInstance, live: dict[str, str]) -> dict[str, str]:
@@ -26,6 +32,31 @@ def orphaned_instances(instance: dg.DagsterInstance, live: dict[str, str]) -> di
     return orphans
 
 
+def reap(instance: dg.DagsterInstance, client, deployment: str, log) -> str:
+    """Terminates ``deployment``'s instances whose run has ended or is unknown; what happened, in a sentence.
+
+    A termination that EC2 refuses (or that fails) does not stop the others: each is logged, and once
+    every orphan has been tried, :class:`ReaperError` names those still running."""
+    live = ec2.live_instances_by_tag(client, tags.INSTANCE_RUN_ID, where={tags.INSTANCE_DEPLOYMENT: deployment})
+    orphans = orphaned_instances(instance, live)
+    failed = {}
+    for instance_id, why in sorted(orphans.items()):
+        try:
+            ec2.terminate_instance(client, instance_id)
+        except (ClientError, BotoCoreError) as error:
+            failed[instance_id] = f"{why}, but terminating it failed: {error}"
+            log.error(f"could not terminate {instance_id}: {failed[instance_id]}")
+            continue
+        log.warning(f"terminated {instance_id}: {why}")
+    summary = f"{len(live)} GPU instances of deployment {deployment!r} live, {len(orphans) - len(failed)} terminated"
+    if failed:
+        raise ReaperError(
+            f"{summary}; {len(failed)} could not be terminated: "
+            + "; ".join(f"{instance_id} ({why})" for instance_id, why in sorted(failed.items()))
+        )
+    return summary
+
+
 def build_reaper_sensor(settings: DeploymentSettings) -> dg.SensorDefinition:
     @dg.sensor(
         name="terminate_gpu_instances_of_ended_runs",
@@ -34,16 +65,18 @@ def build_reaper_sensor(settings: DeploymentSettings) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING
         if settings.deployment == "prod"
         else dg.DefaultSensorStatus.STOPPED,
-        description="Terminates EC2 instances tagged with a Dagster run that has ended (or that this instance "
-        "does not know), so no GPU instance outlives its run.",
+        description="Terminates EC2 instances of this deployment (the run launcher's `deployment` tag) whose "
+        "Dagster run has ended or is unknown to this instance, so no GPU instance outlives its run; another "
+        "deployment's instances in the same account are left alone.",
     )
     def terminate_gpu_instances_of_ended_runs(context: dg.SensorEvaluationContext):
-        client = aws.client("ec2", max_attempts=5)
-        live = ec2.live_instances_by_tag(client, tags.INSTANCE_RUN_ID)
-        orphans = orphaned_instances(context.instance, live)
-        for instance_id, why in sorted(orphans.items()):
-            ec2.terminate_instance(client, instance_id)
-            context.log.warning(f"terminated {instance_id}: {why}")
-        return dg.SkipReason(f"{len(live)} GPU instances live, {len(orphans)} terminated")
+        launcher = context.instance.run_launcher
+        if not isinstance(launcher, EC2GpuRunLauncher):
+            return dg.SkipReason(
+                f"the run launcher is {type(launcher).__name__}, not EC2GpuRunLauncher: this deployment starts "
+                "no GPU instances"
+            )
+        # the launcher's own client: its region is where the instances are
+        return dg.SkipReason(reap(context.instance, launcher.ec2_client, launcher.deployment, context.log))
 
     return terminate_gpu_instances_of_ended_runs

@@ -36,13 +36,21 @@ train_evaluate_promote = dg.define_asset_job(
 RETRAIN_JOBS = (refresh_training_data.name, train_evaluate_promote.name)
 
 
-def trained_valid_labels(instance: dg.DagsterInstance) -> int | None:
-    """The VALID label count of the table when the newest checkpoint's data was read; None before any."""
-    event = instance.get_latest_materialization_event(CHECKPOINT_KEY)
-    if event is None or event.asset_materialization is None:
-        return None
-    recorded = event.asset_materialization.metadata.get("table_valid_labels")
-    return int(recorded.value) if recorded is not None else 0
+def trained_valid_labels(instance: dg.DagsterInstance, table: str) -> int | None:
+    """The VALID label count of ``table`` when the newest checkpoint trained on it had its data read; None
+    before any. Checkpoints of another table (``layoutlm-cli train --dynamo-table``) or of SROIE alone are
+    passed over: a count is compared only with a count of the same table."""
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(CHECKPOINT_KEY, limit=100, cursor=cursor)
+        for record in page.records:
+            metadata = record.asset_materialization.metadata if record.asset_materialization else {}
+            recorded, count = metadata.get("table"), metadata.get("table_valid_labels")
+            if recorded is not None and recorded.value == table and count is not None:
+                return int(count.value)
+        if not page.has_more:
+            return None
+        cursor = page.cursor
 
 
 def retrain_in_progress(instance: dg.DagsterInstance) -> list[str]:
@@ -92,11 +100,14 @@ def build_new_labels_sensor(settings: DeploymentSettings) -> dg.SensorDefinition
                     tags={"dagster/data_version": snapshot.version},
                 )
             )
-        trained = trained_valid_labels(context.instance)
+        trained = trained_valid_labels(context.instance, settings.receipts_table)
         new = snapshot.labels - (trained or 0)
         reason = None
         if new < threshold and trained is not None:
-            reason = f"{new} new VALID labels since the newest checkpoint's data ({trained}), fewer than {threshold}"
+            reason = (
+                f"{new} new VALID labels in {settings.receipts_table} since the data of the newest checkpoint "
+                f"trained on it ({trained}), fewer than {threshold}"
+            )
         elif busy := retrain_in_progress(context.instance):
             reason = f"{new} new VALID labels, but a retrain is in progress: {busy}"
         if reason:

@@ -247,13 +247,14 @@ def terminate_instance(ec2, instance_id: str) -> bool:
     return any(c["PreviousState"]["Name"] not in ("shutting-down", "terminated") for c in changes)
 
 
-def live_instances_by_tag(ec2, tag_key: str) -> dict[str, str]:
-    """Instance id -> the tag's value, for every instance not yet terminated that carries the tag."""
+def live_instances_by_tag(ec2, tag_key: str, where: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Instance id -> the tag's value, for every instance not yet terminated that carries the tag (and, with
+    ``where``, those tags with those values)."""
     paginator = ec2.get_paginator("describe_instances")
     found = {}
-    pages = paginator.paginate(
-        Filters=[{"Name": "tag-key", "Values": [tag_key]}, {"Name": "instance-state-name", "Values": list(LIVE_STATES)}]
-    )
+    filters = [{"Name": "tag-key", "Values": [tag_key]}, {"Name": "instance-state-name", "Values": list(LIVE_STATES)}]
+    filters += [{"Name": f"tag:{name}", "Values": [value]} for name, value in (where or {}).items()]
+    pages = paginator.paginate(Filters=filters)
     for page in pages:
         for reservation in page["Reservations"]:
             for instance in reservation["Instances"]:

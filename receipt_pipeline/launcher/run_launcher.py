@@ -39,6 +39,7 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
         self,
         inst_data: ConfigurableClassData | None = None,
         *,
+        deployment: str,
         ami: str,
         region: str | None = None,
         instance_types: list[str] | None = None,
@@ -61,6 +62,9 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
         spot_poll_seconds: int = 5,
     ) -> None:
         self._inst_data = inst_data
+        if not deployment or not deployment.strip():
+            raise ValueError("deployment is empty: name this deployment (e.g. prod, staging) in the launcher config")
+        self.deployment = deployment
         spec_kwargs = {"on_demand_prices": dict(on_demand_prices)} if on_demand_prices else {}
         self.spec = ec2.InstanceSpec(
             ami=ami,
@@ -108,6 +112,11 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
     @classmethod
     def config_type(cls):
         return {
+            "deployment": Field(
+                StringSource,
+                description="This deployment's name (e.g. prod, staging), tagged on its instances: the reaper sensor "
+                "ends only instances of its own deployment, so deployments can share an AWS account.",
+            ),
             "ami": Field(StringSource, description="A GPU deep-learning image."),
             "region": Field(Noneable(StringSource), is_required=False, default_value=None),
             "instance_types": Field([str], is_required=False, description="In order of preference."),
@@ -207,6 +216,7 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
         instance_tags = {
             "Name": f"dagster-run-{run.run_id[:8]}",
             tags.INSTANCE_RUN_ID: run.run_id,
+            tags.INSTANCE_DEPLOYMENT: self.deployment,
             "dagster-job": run.job_name,
         }
         started = ec2.start_instance(

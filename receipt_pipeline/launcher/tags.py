@@ -14,3 +14,6 @@ HOURLY_PRICE = "ec2/hourly_price_usd"
 LAUNCH_TIME = "ec2/launch_time"
 # the EC2 tag naming an instance's run: how the reaper sensor finds instances whose run has ended
 INSTANCE_RUN_ID = "dagster-run-id"
+# the EC2 tag naming the deployment (the launcher's `deployment`) whose launcher started an instance: a
+# deployment's reaper ends only its own, so staging and prod can share an account
+INSTANCE_DEPLOYMENT = "receipt-pipeline-deployment"

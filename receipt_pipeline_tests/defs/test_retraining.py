@@ -68,7 +68,7 @@ def test_the_sensor_retrains_once_enough_valid_labels_arrived_since_the_checkpoi
 
     # the model trained on those three labels
     instance.report_runless_asset_event(
-        dg.AssetMaterialization("layoutlm_checkpoint", metadata={"table_valid_labels": 3})
+        dg.AssetMaterialization("layoutlm_checkpoint", metadata={"table": receipts_table, "table_valid_labels": 3})
     )
     quiet = tick()
     assert not quiet.run_requests and not quiet.asset_events, "nothing changed: no run, no observation"
@@ -91,3 +91,34 @@ def test_the_sensor_retrains_once_enough_valid_labels_arrived_since_the_checkpoi
     put_items(receipts_table, _labels(1, start=6, when="2026-02-04T00:00:00"))
     busy = tick()
     assert not busy.run_requests and "a retrain is in progress" in busy.skip_message and run.run_id in busy.skip_message
+
+
+def test_the_sensor_compares_the_tables_count_only_with_a_checkpoint_of_the_same_table(tmp_path, receipts_table):
+    settings = _settings(tmp_path, receipts_table, RECEIPT_PIPELINE_RETRAIN_MIN_NEW_LABELS="2")
+    sensor = build_definitions(settings).resolve_sensor_def("retrain_on_new_labels")
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick() -> dg.SensorResult:
+        context = dg.build_sensor_context(
+            instance=instance, resources={"settings": resources_for(settings)["settings"]}
+        )
+        return sensor.evaluate_tick(context)
+
+    def checkpoint(metadata: dict) -> None:
+        instance.report_runless_asset_event(dg.AssetMaterialization("layoutlm_checkpoint", metadata=metadata))
+
+    put_items(receipts_table, _labels(4, start=1, when="2026-02-01T00:00:00"))
+    checkpoint({"table": receipts_table, "table_valid_labels": 3})
+    # newer checkpoints: `layoutlm-cli train --dynamo-table other` (a table of 100 labels), then SROIE alone
+    checkpoint({"table": "other-table", "table_valid_labels": 100})
+    checkpoint({"run": "sroie-only"})
+
+    one = tick()
+    assert not one.run_requests
+    assert f"1 new VALID labels in {receipts_table}" in one.skip_message and "(3)" in one.skip_message
+
+    put_items(receipts_table, _labels(1, start=5, when="2026-02-02T00:00:00"))
+    [retrain] = tick().run_requests
+    assert retrain.tags[retraining.NEW_LABELS_TAG] == "2"
+    assert retraining.trained_valid_labels(instance, "other-table") == 100
+    assert retraining.trained_valid_labels(instance, "never-trained-on") is None

@@ -62,6 +62,7 @@ def suite_id() -> str:
 
 def launcher_config(network: Network, suite_id: str, **overrides) -> dict:
     config = {
+        "deployment": f"faults-{suite_id}",
         "ami": DEEP_LEARNING_AMI,
         "subnet_id": network.subnet_id,
         "security_group_ids": [network.security_group_id],

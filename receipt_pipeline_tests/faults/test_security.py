@@ -141,7 +141,7 @@ def test_no_secret_value_reaches_user_data_ec2_tags_run_tags_or_the_event_log(pr
 )
 def test_a_launcher_config_that_would_copy_a_secret_is_refused_naming_the_variable_not_the_value(setting, value, named):
     with pytest.raises(SecretValueError, match=named) as refused:
-        EC2GpuRunLauncher(ami=DEEP_LEARNING_AMI, **{setting: value})
+        EC2GpuRunLauncher(deployment="test", ami=DEEP_LEARNING_AMI, **{setting: value})
     assert "s3cr3t" not in str(refused.value).lower() and "ssm:NAME" in str(refused.value)
 
 
@@ -444,6 +444,10 @@ def test_the_readme_policies_hold_the_launchers_requests_to_imdsv2_encryption_an
     assert all(mapping["Ebs"]["Encrypted"] for mapping in request["BlockDeviceMappings"])
     [terminate] = _statements(host, "ec2:TerminateInstances")
     assert terminate["Condition"]["StringEquals"]["aws:ResourceTag/project"] == request_tags["project"]
+    # launched with the deployment's tag, and only its own instances can be ended
+    deployment = f"aws:ResourceTag/{tags.INSTANCE_DEPLOYMENT}"
+    assert terminate["Condition"]["StringEquals"][deployment] == prod["deployment"]
+    assert condition[f"aws:RequestTag/{tags.INSTANCE_DEPLOYMENT}"] == prod["deployment"]
     [tagging] = _statements(host, "ec2:CreateTags")
     assert tagging["Condition"] == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
     [pass_role] = _statements(host, "iam:PassRole")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import dagster as dg
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 
@@ -51,9 +52,48 @@ def test_the_prod_instance_config_is_valid_and_builds_the_gpu_launcher(tmp_path,
     environment = launcher.worker_environment()
     assert environment["RECEIPT_PIPELINE_DEPLOYMENT"] == "prod" and environment["RECEIPTS_TABLE"] == "receipts"
     assert "DAGSTER_PG_PASSWORD" not in environment  # fetched by name on the instance
-    assert launcher.secrets == {"DAGSTER_PG_PASSWORD": "ssm:/receipt-pipeline/dagster-pg-password"}
+    assert launcher.secrets == {
+        "DAGSTER_PG_PASSWORD": "ssm:/receipt-pipeline/dagster-pg-password",
+        "RECEIPT_PIPELINE_OPTUNA_STORAGE": "ssm:/receipt-pipeline/optuna-storage",
+    }
 
 
 def test_the_training_asset_is_in_the_gpu_pool():
     assets_def = training.layoutlm_checkpoint
     assert assets_def.node_def.pool == training.GPU_POOL
+
+
+def test_a_sweep_trial_run_launched_by_the_prod_instance_gets_the_optuna_storage_as_a_secret(tmp_path, monkeypatch):
+    import sys
+
+    from dagster._core.code_pointer import ModuleCodePointer
+    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+    from dagster._core.test_utils import create_run_for_test, instance_for_test
+
+    from receipt_pipeline.launcher.user_data import read_run_spec
+
+    for name, value in PROD_ENV.items():
+        monkeypatch.setenv(name, value)
+    shutil.copy(PROD_YAML, tmp_path / "dagster.yaml")
+    config, _ = dagster_instance_config(str(tmp_path))
+    pointer = ModuleCodePointer("receipt_pipeline.definitions", "defs", working_directory=str(PROD_YAML.parents[2]))
+    origin = JobPythonOrigin("__ASSET_JOB", RepositoryPythonOrigin(sys.executable, pointer))
+
+    # the prod launcher as deploy/prod/dagster.yaml configures it, on a throwaway instance's storage
+    with instance_for_test(overrides={"run_launcher": config["run_launcher"]}) as instance:
+        run = create_run_for_test(
+            instance,
+            job_name="__ASSET_JOB",
+            asset_selection={dg.AssetKey("sweep_trial")},
+            tags={"dagster/partition": "layoutlm-000"},
+            job_code_origin=origin,
+        )
+        launcher = instance.run_launcher
+        assert launcher.is_gpu_run(run)
+        spec = read_run_spec(launcher.render_user_data(run))
+
+    # sweep_trial cannot open its study without it; a reference the bootstrap fetches, never the URL itself
+    assert spec["secrets"]["RECEIPT_PIPELINE_OPTUNA_STORAGE"] == "ssm:/receipt-pipeline/optuna-storage"
+    assert "RECEIPT_PIPELINE_OPTUNA_STORAGE" not in spec["env"]
+    assert spec["env"]["RECEIPT_PIPELINE_DEPLOYMENT"] == "prod"
+    assert launcher.deployment == "prod"

@@ -38,6 +38,7 @@ from receipt_pipeline_tests.launcher.instance_agent import InstanceAgent
 from receipt_pipeline_tests.training_data import sroie_subset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DEPLOYMENT = "launcher-tests"
 SECRET_PARAMETER = "/receipt-pipeline/test/worker-secret"
 SECRET_VALUE = f"never-in-user-data-{uuid.uuid4().hex}"
 UPSTREAM = [
@@ -82,6 +83,7 @@ def dagster_instance(deployment):
         "module": "receipt_pipeline.launcher",
         "class": "EC2GpuRunLauncher",
         "config": {
+            "deployment": DEPLOYMENT,
             "ami": DEEP_LEARNING_AMI,
             "subnet_id": network.subnet_id,
             "security_group_ids": [network.security_group_id],
@@ -355,8 +357,9 @@ def test_the_sensor_terminates_instances_whose_run_ended_or_is_unknown(deploymen
     live_run = _launch(dagster_instance, workspace, _create_run(dagster_instance, workspace, ["layoutlm_checkpoint"]))
     ended_run = _create_run(dagster_instance, workspace, ["sroie_receipts"])
     dagster_instance.report_run_canceled(ended_run)
-    ended = ec2.start_instance(client, spec, "", {tags.INSTANCE_RUN_ID: ended_run.run_id})
-    unknown = ec2.start_instance(client, spec, "", {tags.INSTANCE_RUN_ID: "no-such-run"})
+    ours = {tags.INSTANCE_DEPLOYMENT: DEPLOYMENT}
+    ended = ec2.start_instance(client, spec, "", {tags.INSTANCE_RUN_ID: ended_run.run_id, **ours})
+    unknown = ec2.start_instance(client, spec, "", {tags.INSTANCE_RUN_ID: "no-such-run", **ours})
 
     settings = DeploymentSettings.from_env()
     sensor = gpu_instances.build_reaper_sensor(settings)
