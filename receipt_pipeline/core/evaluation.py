@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from receipt_pipeline.core.batching import WindowCollator
 from receipt_pipeline.core.bio import OUTSIDE
 from receipt_pipeline.core.windows import WindowSet, merge_word_predictions
 
@@ -182,8 +183,6 @@ def load_classifier(checkpoint: str):
 def predict(model, windows: WindowSet, pad_token_id: int, batch_size: int = 32) -> list[np.ndarray]:
     """The predicted tag id of every token of every window, longest windows first to pad little."""
     import torch
-
-    from receipt_pipeline.core.training import WindowCollator
 
     device = next(model.parameters()).device
     collate = WindowCollator(pad_token_id)

@@ -402,26 +402,3 @@ def merge_word_predictions(windows: WindowSet, predictions: Sequence[np.ndarray]
         tags[words[better]] = np.asarray(predicted)[: len(word_index)][first][better]
         centrality[words[better]] = distance[better]
     return {receipt: tags for receipt, (tags, _) in best.items()}
-
-
-# ------------------------------------------------------------------------------------------ measures
-
-
-def padding_efficiency(
-    lengths: Sequence[int], batch_size: int = 8, max_length: int = 512, seed: int = 0
-) -> dict[str, float]:
-    """Share of real tokens in padded batches: length-grouped dynamic padding (as the Trainer samples
-    with ``group_by_length``) against padding every window to ``max_length``."""
-    import torch
-    from transformers.trainer_pt_utils import get_length_grouped_indices
-
-    lengths = [int(n) for n in lengths]
-    if not lengths:
-        return {"grouped": 0.0, "padded_to_max": 0.0}
-    order = get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
-    padded = 0
-    for start in range(0, len(order), batch_size):
-        batch = [lengths[i] for i in order[start : start + batch_size]]
-        padded += max(batch) * len(batch)
-    real = sum(lengths)
-    return {"grouped": real / padded, "padded_to_max": real / (len(lengths) * max_length)}

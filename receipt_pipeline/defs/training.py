@@ -15,7 +15,14 @@ from receipt_pipeline.core import bio, distributed, storage, sweep, word_table
 from receipt_pipeline.core.checkpoint_store import CheckpointSync, restore_latest
 from receipt_pipeline.core.evaluation import confusion_png, evaluate
 from receipt_pipeline.core.sroie import read_sroie
-from receipt_pipeline.core.training import TrainingOptions, gpu_available, train, weights_digest
+from receipt_pipeline.core.training import (
+    TrainingError,
+    TrainingOptions,
+    gpu_available,
+    matching_tokenizer,
+    train,
+    weights_digest,
+)
 from receipt_pipeline.defs.resources import PipelineSettings
 from receipt_pipeline.launcher import ec2, tags
 
@@ -99,11 +106,10 @@ def layoutlm_checkpoint(
 ) -> dg.Output[dict]:
     manifest = windowed_tensors
     source = config.base_model or settings.base_model
-    if source != manifest["tokenizer"]["base_model"]:
-        context.log.warning(
-            f"base model {source!r} differs from the windows' tokenizer source {manifest['tokenizer']['base_model']!r};"
-            " training goes on only if the tokenizers are identical"
-        )
+    try:  # before anything is restored or started: a base model whose tokenizer cut other windows is refused
+        tokenizer = matching_tokenizer(source, manifest)
+    except TrainingError as error:
+        raise dg.Failure(str(error)) from error
     run_name = config.run_name or context.run.root_run_id or context.run.run_id
     run_dir, run_uri = run_dir_for(settings, run_name, config.output_path)
     sync = CheckpointSync(run_uri) if run_uri else None
@@ -151,7 +157,7 @@ def layoutlm_checkpoint(
             if "step" in record:
                 log_evaluation(record)
     else:
-        result = train(manifest, run_dir, options, on_evaluate=log_evaluation, sync=sync)
+        result = train(manifest, run_dir, options, on_evaluate=log_evaluation, sync=sync, tokenizer=tokenizer)
     path = storage.join(run_uri, "best") if run_uri else result.best_dir
     gpu = _gpu_instance_metadata(context.run.tags)
     version = weights_digest(result.best_dir)

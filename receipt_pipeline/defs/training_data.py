@@ -9,7 +9,9 @@ from pydantic import Field
 
 from receipt_pipeline.core import bio, storage, word_table
 from receipt_pipeline.core.base_model import load_tokenizer, tokenizer_fingerprint
-from receipt_pipeline.core.windows import WindowOptions, folder_name, padding_efficiency, write_windows
+from receipt_pipeline.core.batching import padding_efficiency
+from receipt_pipeline.core.training import TrainingOptions
+from receipt_pipeline.core.windows import WindowOptions, folder_name, write_windows
 from receipt_pipeline.defs.resources import PipelineSettings
 
 GROUP = "training_data"
@@ -194,7 +196,9 @@ def windowed_tensors(
     words_cut = sum(s.words_cut for s in stats.values())
     if words_cut:
         context.log.warning(f"{words_cut} words longer than a window were cut")
-    efficiency = padding_efficiency(stats["train"].lengths, batch_size=8, max_length=options.max_length)
+    # as layoutlm_checkpoint batches them with no config: its sampler, its default batch for this base model
+    batch_size = TrainingOptions(base_model=source).resolved().per_device_batch_size
+    efficiency = padding_efficiency(stats["train"].lengths, batch_size, max_length=options.max_length)
     windows_per_receipt = {split: round(s.windows / s.receipts, 3) if s.receipts else 0.0 for split, s in stats.items()}
     context.log.info(f"windowed tensors in {folder}")
     yield dg.Output(
@@ -211,8 +215,9 @@ def windowed_tensors(
             "max_windows_per_receipt": max(max(s.windows_per_receipt, default=0) for s in stats.values()),
             "words_cut_by_windows": words_cut,
             "words_replaced_by_unk": sum(s.words_replaced_by_unk for s in stats.values()),
-            "padding_efficiency/grouped_batch_8": efficiency["grouped"],
+            "padding_efficiency/length_buckets": efficiency["length_buckets"],
             "padding_efficiency/padded_to_max_length": efficiency["padded_to_max"],
+            "padding_efficiency/batch_size": batch_size,
             "max_length": options.max_length,
             "stride": options.stride,
         },

@@ -255,7 +255,8 @@ def _windowing_worker(mode: str, path: str, folder: str) -> None:
     """In its own process: only the imports and the tokenizer (``baseline``), or what windowed_tensors does."""
     from receipt_pipeline.core import bio, storage
     from receipt_pipeline.core.base_model import load_tokenizer, tokenizer_fingerprint
-    from receipt_pipeline.core.windows import WindowOptions, folder_name, padding_efficiency
+    from receipt_pipeline.core.batching import padding_efficiency
+    from receipt_pipeline.core.windows import WindowOptions, folder_name
 
     started = time.perf_counter()
     tokenizer = load_tokenizer("compact")
@@ -266,7 +267,7 @@ def _windowing_worker(mode: str, path: str, folder: str) -> None:
         labels = bio.labels_of(metadata)
         target = storage.join(folder, folder_name(bio.version_of(metadata), tokenizer_fingerprint(tokenizer), options))
         seconds, manifest, stats = _run_windows(path, tokenizer, labels, target, options)
-        padding_efficiency(stats["train"].lengths, batch_size=8, max_length=options.max_length)
+        padding_efficiency(stats["train"].lengths, batch_size=4, max_length=options.max_length)  # compact's
         shards = [shard for split in manifest["splits"].values() for shard in split["shards"]]
         result.update(
             seconds=seconds,

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from receipt_pipeline.core import bio, storage, training
+from receipt_pipeline.core import batching, bio, storage, training
 from receipt_pipeline.core.checkpoint_store import CheckpointSync, complete_remote_checkpoints, restore_latest
 from receipt_pipeline.core.evaluation import evaluate
 from receipt_pipeline.core.training import COMPLETE_MARKER, TrainingOptions, train
@@ -30,12 +30,12 @@ def test_the_collator_pads_every_tensor_to_the_longest_window_and_ignores_paddin
         {"input_ids": [101, 7, 102], "bbox": [[0, 0, 0, 0], [1, 2, 3, 4], [1000] * 4], "labels": [-100, 2, -100]},
         {"input_ids": [101, 102], "bbox": [[0, 0, 0, 0], [1000] * 4], "labels": [-100, -100]},
     ]
-    batch = training.WindowCollator(pad_token_id=0)(features)
+    batch = batching.WindowCollator(pad_token_id=0)(features)
     assert batch["input_ids"].tolist() == [[101, 7, 102], [101, 102, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["labels"].tolist() == [[-100, 2, -100], [-100, -100, -100]]
     assert batch["bbox"].shape == (2, 3, 4) and batch["bbox"][1, 2].tolist() == [0, 0, 0, 0]
-    assert training.WindowCollator(0, multiple_of=8)(features)["input_ids"].shape == (2, 8)
+    assert batching.WindowCollator(0, multiple_of=8)(features)["input_ids"].shape == (2, 8)
 
 
 def test_unset_batch_and_rate_follow_the_base_model_and_set_ones_are_kept():
@@ -188,7 +188,7 @@ def test_dynamic_padding_feeds_fewer_tokens_than_padding_to_512_and_trains_the_s
 
 def test_the_length_bucket_sampler_pads_little_and_its_order_depends_only_on_seed_and_epoch():
     lengths = [((i * 37) % 500) + 12 for i in range(103)]
-    sampler = training.LengthBucketSampler(lengths, batch_size=8, seed=3)
+    sampler = batching.LengthBucketSampler(lengths, batch_size=8, seed=3)
     first = sampler.batches()
     assert sorted(i for batch in first for i in batch) == list(range(103))  # every window once
     assert max(lengths[i] for i in first[0]) == max(lengths)  # the longest batch first
@@ -201,9 +201,55 @@ def test_the_length_bucket_sampler_pads_little_and_its_order_depends_only_on_see
     in_order = sum(8 * max(lengths[i : i + 8]) for i in range(0, 103, 8))
     assert sum(lengths) / padded > 0.9 > 0.7 > sum(lengths) / in_order
 
-    again = training.LengthBucketSampler(lengths, batch_size=8, seed=3)
+    again = batching.LengthBucketSampler(lengths, batch_size=8, seed=3)
     assert again.batches() == first and list(again) == [i for batch in first for i in batch]
     sampler.set_epoch(1)
     assert sampler.batches() != first
     again.set_epoch(1)
     assert again.batches() == sampler.batches()
+
+
+def test_the_padding_efficiency_is_that_of_the_batches_training_feeds_the_model(small_manifest):
+    import torch
+
+    from receipt_pipeline.core.windows import WindowSet
+
+    train_set = WindowSet(small_manifest, "train")
+    for batch_size in (4, 8):
+        # what the Trainer builds from WindowTrainer's sampler and collator, on a CPU
+        sampler = batching.LengthBucketSampler(train_set.lengths, batch_size, seed=42)
+        loader = torch.utils.data.DataLoader(
+            train_set, batch_size=batch_size, sampler=sampler, collate_fn=batching.WindowCollator(0)
+        )
+        padded = sum(int(batch["input_ids"].numel()) for batch in loader)
+        efficiency = batching.padding_efficiency(train_set.lengths, batch_size)
+        assert efficiency["length_buckets"] == pytest.approx(int(train_set.lengths.sum()) / padded)
+        assert efficiency["padded_to_max"] == pytest.approx(train_set.lengths.sum() / (len(train_set) * 512))
+        assert efficiency["padded_to_max"] < efficiency["length_buckets"] <= 1.0
+
+
+def _other_tokenizer_folder(folder):
+    """A base model folder whose tokenizer has a vocabulary of its own (a few receipt words)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "total", "cash", "date", "store", "tax"]
+    backend = Tokenizer(models.WordPiece({word: i for i, word in enumerate(words)}, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    BertTokenizerFast(tokenizer_object=backend).save_pretrained(str(folder))
+    return folder
+
+
+def test_a_base_model_whose_tokenizer_differs_from_the_windows_is_refused_naming_both(small_manifest, tmp_path):
+    other = str(_other_tokenizer_folder(tmp_path / "other-base-model"))
+
+    with pytest.raises(training.TrainingError) as refused:
+        train(small_manifest, tmp_path / "run", TrainingOptions(base_model=other, **QUICK))
+
+    message = str(refused.value)
+    assert repr(other) in message and repr(small_manifest["tokenizer"]["base_model"]) in message
+    assert small_manifest["tokenizer"]["fingerprint"] in message
+    assert not (tmp_path / "run" / "best").exists(), "refused before anything was trained or saved"
+    # the windows' own base model passes the same check
+    assert training.matching_tokenizer("compact", small_manifest).vocab_size > 30000

@@ -210,13 +210,6 @@ def test_window_settings_are_validated():
         WindowOptions(max_length=4)
 
 
-def test_padding_efficiency_of_grouped_batches_beats_padding_to_512():
-    lengths = [30, 500, 60, 64, 200, 210, 90, 512, 33, 47, 300, 310] * 10
-    efficiency = windows.padding_efficiency(lengths, batch_size=8)
-    assert efficiency["padded_to_max"] == pytest.approx(sum(lengths) / (len(lengths) * 512))
-    assert efficiency["padded_to_max"] < efficiency["grouped"] <= 1.0
-
-
 def test_box_augmentation_moves_word_boxes_a_little_and_never_leaves_the_page(tokenizer, tmp_path):
     words, boxes, tags = _long_receipt(300)
     result, _ = _windows_of(tokenizer, words, boxes, tags)
@@ -235,3 +228,27 @@ def test_box_augmentation_moves_word_boxes_a_little_and_never_leaves_the_page(to
     again = BoxAugmentation(seed=3)
     first = BoxAugmentation(seed=3)
     assert (first(stored[:50], np.zeros(50, bool)) == again(stored[:50], np.zeros(50, bool))).all()
+
+
+def test_box_augmentation_draws_differently_in_each_dataloader_worker_and_each_epoch(tokenizer, tmp_path):
+    import torch
+
+    words, boxes, tags = _long_receipt(60)
+    result, _ = _windows_of(tokenizer, words, boxes, tags)
+    augmented = _window_set_from_bytes(windows.encode_shard(result)[0], str(tmp_path))
+    augmented.augment = BoxAugmentation(seed=3)
+    # the same window four times, one a batch: workers 0 and 1 take turns, as with the Trainer's loader on a GPU
+    same_window = torch.utils.data.Subset(augmented, [0, 0, 0, 0])
+    loader = torch.utils.data.DataLoader(
+        same_window, batch_size=1, num_workers=2, collate_fn=lambda batch: batch[0]["bbox"].copy()
+    )
+
+    first_epoch = list(loader)
+    second_epoch = list(loader)
+
+    worker_0, worker_1 = first_epoch[0], first_epoch[1]
+    assert (worker_0 != worker_1).any(), "each worker draws its own augmentation"
+    assert (first_epoch[0] != first_epoch[2]).any(), "a worker's draws go on from batch to batch"
+    assert all((a != b).any() for a, b in zip(first_epoch, second_epoch, strict=True)), "a new epoch, new draws"
+    stored = augmented.bbox[augmented.offsets[0] : augmented.offsets[1]]
+    assert all((drawn != stored).any() for drawn in first_epoch + second_epoch)

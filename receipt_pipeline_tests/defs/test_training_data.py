@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from receipt_pipeline.core import bio, storage
+from receipt_pipeline.core.batching import padding_efficiency
 from receipt_pipeline.core.windows import WindowSet, merge_word_predictions
 from receipt_pipeline.definitions import build_definitions
 from receipt_pipeline.defs import ingestion, training_data
@@ -77,8 +78,12 @@ def test_windowed_tensors_are_safetensors_shards_named_by_a_manifest(materialise
     result, settings, _ = materialised
     metadata = _metadata(result, "windowed_tensors")
     assert metadata["words_cut_by_windows"] == 0
-    assert metadata["padding_efficiency/grouped_batch_8"] > metadata["padding_efficiency/padded_to_max_length"]
+    assert metadata["padding_efficiency/length_buckets"] > metadata["padding_efficiency/padded_to_max_length"]
+    assert metadata["padding_efficiency/batch_size"] == 4  # the compact model's default batch
     manifest = build_definitions(settings).load_asset_value("windowed_tensors")
+    # the sampler that trains, over the train windows it will see
+    lengths = WindowSet(manifest, "train").lengths
+    assert metadata["padding_efficiency/length_buckets"] == padding_efficiency(lengths, 4)["length_buckets"]
     assert manifest["tokenizer"]["base_model"] == "compact"
     assert manifest["tags"][0] == "O" and len(manifest["tags"]) == 2 * len(manifest["labels"]) + 1
     table = build_definitions(settings).load_asset_value("bio_receipt_split")
