@@ -11,11 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import click
 
 from receipt_pipeline.core import local_aws
+from receipt_pipeline.core.errors import ExplainedError
 from receipt_pipeline.core.settings import DeploymentSettings
 
 DEFAULT_PORT = 5466
@@ -24,7 +26,84 @@ DEFAULT_UI_HOST = "127.0.0.1"
 UI_HOST_VARIABLE = "RECEIPT_PIPELINE_UI_HOST"
 
 
-@click.group()
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class _BadArgument(click.ClickException):
+    exit_code = 2  # as click's usage errors
+
+
+class CommandGroup(click.Group):
+    """Commands that answer a bad argument, or an error the pipeline explains, with one line naming what is
+    wrong and a non-zero exit, never a traceback (nor click's usage text around it). An unexpected error (a
+    bug) still shows its traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            raise _BadArgument(one_line(error.format_message())) from None
+        except (ExplainedError, OSError, ClientError, BotoCoreError) as error:
+            raise click.ClickException(one_line(error)) from None
+
+
+def report_problems(problems: list, what: str, shown: int = 20) -> None:
+    """Tells, on stderr, how many inputs could not be (fully) used, how many for each reason, and which."""
+    if not problems:
+        return
+    by_kind = Counter(problem.kind for problem in problems)
+    reasons = ", ".join(f"{kind}: {count}" for kind, count in sorted(by_kind.items()))
+    click.echo(f"{len(problems)} {what} could not be fully used ({reasons}):", err=True)
+    for problem in problems[:shown]:
+        click.echo(f"  {problem}", err=True)
+    if len(problems) > shown:
+        click.echo(f"  and {len(problems) - shown} more", err=True)
+
+
+# what each source asset could not use, by the names of its metadata: (count, counts by reason, the first items)
+INPUT_PROBLEM_METADATA = {
+    "raw_receipt_words": ("skipped_items", "skipped_items_by_reason", "skipped_item_keys"),
+    "sroie_receipts": ("problems", "problems_by_reason", "problem_files"),
+}
+
+
+def report_input_problems(metadata_by_asset: dict[str, dict], shown: int = 5) -> None:
+    """Tells, on stderr, what the source assets of a run could not use, from their metadata."""
+    for asset, (count_name, reasons_name, items_name) in INPUT_PROBLEM_METADATA.items():
+        metadata = metadata_by_asset.get(asset) or {}
+        count = int(metadata.get(count_name) or 0)
+        if not count:
+            continue
+        reasons = ", ".join(f"{kind}: {n}" for kind, n in sorted((metadata.get(reasons_name) or {}).items()))
+        click.echo(f"{asset}: {count} inputs could not be fully used ({reasons}), for example:", err=True)
+        for item in list(metadata.get(items_name) or [])[:shown]:
+            click.echo(f"  {item}", err=True)
+        click.echo(f"  (all of them in {asset}'s metadata: {items_name})", err=True)
+
+
+def latest_metadata(instance, assets) -> dict[str, dict]:
+    """Asset -> the metadata of its newest materialisation in ``instance``, as plain values."""
+    import dagster as dg
+
+    found = {}
+    for asset in assets:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        if event is not None and event.asset_materialization is not None:
+            found[asset] = {name: value.value for name, value in event.asset_materialization.metadata.items()}
+    return found
+
+
+def existing_path(ctx, param, value: str | None) -> str | None:
+    """A folder or file argument: a local one must exist (an s3:// URI is checked where it is read)."""
+    if value is None or value.startswith("s3://") or Path(value).expanduser().exists():
+        return value
+    raise click.BadParameter(f"{value}: no such file or folder", ctx=ctx, param=param)
+
+
+@click.group(cls=CommandGroup)
 def main() -> None:
     """Receipt words to a trained LayoutLM token classifier, orchestrated by Dagster."""
 
@@ -41,6 +120,8 @@ def local_aws_command(port: int, host: str, table: str | None, bucket: str | Non
     # handlers first: a stop asked for while the table is still being created is honoured, not fatal
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    if _port_in_use(host, port):
+        raise click.BadParameter(f"{host}:{port} is in use", param_hint="'--port'")
     server = local_aws.start_emulator(port, host)
     env = local_aws.emulator_env(*server.get_host_and_port())
     os.environ.update(env)
@@ -53,14 +134,26 @@ def local_aws_command(port: int, host: str, table: str | None, bucket: str | Non
 
 
 @main.command("seed-synthetic")
-@click.option("--receipts", type=int, required=True, help="How many receipts to write.")
+@click.option("--receipts", type=click.IntRange(min=1), required=True, help="How many receipts to write.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--table", default=None, help="Target table; default: the deployment's.")
 def seed_synthetic_command(receipts: int, seed: int, table: str | None) -> None:
     """Write N synthetic receipts (receipt, line, word and label items) in the real schema."""
+    from receipt_pipeline.core import aws
     from receipt_pipeline.core.synthetic import seed_synthetic
 
-    table = table or DeploymentSettings.from_env().receipts_table
+    settings = DeploymentSettings.from_env()
+    if settings.deployment == "local" and not os.environ.get("AWS_ENDPOINT_URL"):
+        raise click.ClickException(
+            "AWS_ENDPOINT_URL is not set: the local deployment seeds the emulator (receipt-pipeline local-aws), "
+            "never a real table"
+        )
+    table = table or settings.receipts_table
+    client = aws.client("dynamodb")
+    try:
+        client.describe_table(TableName=table)
+    except client.exceptions.ResourceNotFoundException:
+        raise click.BadParameter(f"table {table!r} does not exist", param_hint="'--table'") from None
     started = time.perf_counter()
     stats = seed_synthetic(table, receipts, seed)
     elapsed = time.perf_counter() - started
@@ -83,10 +176,14 @@ def _wait_for_port(host: str, port: int, process: subprocess.Popen, timeout: flo
     raise click.ClickException(f"the AWS emulator did not open {host}:{port} within {timeout:.0f}s")
 
 
-def start_emulator_process(port: int) -> tuple[subprocess.Popen, dict[str, str]]:
+def _port_in_use(host: str, port: int) -> bool:
     with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", port)) == 0:
-            raise click.ClickException(f"port {port} is in use; pick another with --port")
+        return probe.connect_ex((host, port)) == 0
+
+
+def start_emulator_process(port: int) -> tuple[subprocess.Popen, dict[str, str]]:
+    if _port_in_use("127.0.0.1", port):
+        raise click.ClickException(f"port {port} is in use; pick another with --port")
     process = subprocess.Popen(
         [sys.executable, "-m", "receipt_pipeline.cli", "local-aws", "--port", str(port)], start_new_session=True
     )
@@ -145,22 +242,42 @@ DEMO_RUN_CONFIG = {"ops": {"layoutlm_checkpoint": {"config": {"epochs": 4, "max_
 
 
 @main.command()
-@click.option("--checkpoint", required=True, help="A model folder or s3:// prefix written by layoutlm_checkpoint.")
-@click.option("--sroie-dir", required=True, help="A SROIE-layout folder (or s3:// prefix), or one split of one.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys include field_f1, entity_f1).")
+@click.option(
+    "--checkpoint",
+    required=True,
+    callback=existing_path,
+    help="A model folder or s3:// prefix written by layoutlm_checkpoint.",
+)
+@click.option(
+    "--sroie-dir",
+    required=True,
+    callback=existing_path,
+    help="A SROIE-layout folder (or s3:// prefix), or one split of one.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (keys include field_f1, entity_f1, problems)."
+)
 def evaluate(checkpoint: str, sroie_dir: str, as_json: bool) -> None:
-    """Score a checkpoint on SROIE receipts: seqeval entity level and SROIE field-level exact match."""
+    """Score a checkpoint on SROIE receipts: seqeval entity level and SROIE field-level exact match.
+
+    Files or lines of the folder that could not be fully used are listed on stderr (and under "problems" in
+    the JSON), with the reason for each."""
     import tempfile
 
-    from receipt_pipeline.core.evaluation import evaluate_sroie_folder
+    from receipt_pipeline.core.evaluation import checkpoint_folder, evaluate_sroie_folder
 
+    checkpoint_folder(checkpoint)  # a folder that is no model fails here, before the receipts are read
     with tempfile.TemporaryDirectory(prefix="receipt-pipeline-evaluate-") as work:
-        try:
-            report = evaluate_sroie_folder(checkpoint, sroie_dir, work)
-        except (ValueError, FileNotFoundError, OSError) as error:
-            raise click.ClickException(str(error)) from error
+        evaluation = evaluate_sroie_folder(checkpoint, sroie_dir, work)
+    report, problems = evaluation.report, evaluation.problems
+    report_problems(problems, "SROIE files or lines")
     if as_json:
-        click.echo(json.dumps(report.to_dict()))
+        unusable = {
+            "count": len(problems),
+            "by_reason": dict(Counter(problem.kind for problem in problems)),
+            "items": [str(problem) for problem in problems],
+        }
+        click.echo(json.dumps({**report.to_dict(), "problems": unusable}))
     else:
         click.echo(report.markdown())
 
@@ -190,6 +307,10 @@ def demo(port: int, receipts: int, seed: int) -> None:
             raise click.ClickException("the pipeline run failed; its log is above")
     finally:
         stop_process(process)
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        report_input_problems(latest_metadata(instance, INPUT_PROBLEM_METADATA))
     assets = Path(settings.artifact_root) / "assets"
     click.echo("\nDemo finished. Outputs:")
     for artifact in sorted(assets.rglob("*.*")):

@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 
 import click
 
+from receipt_pipeline.cli import CommandGroup, existing_path, one_line, report_input_problems
 from receipt_pipeline.core import storage
 
 JOB_NAME_TAG = "receipt_pipeline/job_name"
@@ -22,7 +23,7 @@ DATA_ASSETS = ["raw_receipt_words", "sroie_receipts", "bio_receipt_split", "wind
 ASSET_JOB = "__ASSET_JOB"
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def main() -> None:
     """Train or sweep the LayoutLM token classifier through Dagster."""
 
@@ -38,20 +39,37 @@ def _dagster_url_option(function):
     )(function)
 
 
+def _base_model_argument(ctx, param, value: str | None) -> str | None:
+    """A base model that names a path must be an existing folder; hub ids, s3:// and 'compact' pass."""
+    if value is not None and value.startswith((".", "/", "~")):
+        return existing_path(ctx, param, value)
+    return value
+
+
 @main.command()
 @click.option("--job-name", required=True, help="The training run's name: its folder is <runs>/<job-name>.")
 @click.option("--dynamo-table", default=None, help="Rebuild the training data from this table first.")
-@click.option("--epochs", type=float, default=None)
-@click.option("--batch-size", type=int, default=None, help="Per-device batch size.")
-@click.option("--lr", "learning_rate", type=float, default=None)
-@click.option("--warmup-ratio", type=float, default=None)
-@click.option("--gradient-accumulation-steps", type=int, default=None)
-@click.option("--label-smoothing", type=float, default=None)
-@click.option("--early-stopping-patience", type=int, default=None)
-@click.option("--pretrained", default=None, help="Base model: hub id, local folder, s3:// prefix or 'compact'.")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Per-device batch size.")
+@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--warmup-ratio", type=click.FloatRange(0, 1, max_open=True), default=None)
+@click.option("--gradient-accumulation-steps", type=click.IntRange(min=1), default=None)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None)
+@click.option("--early-stopping-patience", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--pretrained",
+    default=None,
+    callback=_base_model_argument,
+    help="Base model: hub id, local folder, s3:// prefix or 'compact'.",
+)
 @click.option("--output-s3-path", default=None, help="Where run folders go (s3:// prefix or folder).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
-@click.option("--max-train-minutes", type=float, default=None, help="Stop, after a save, past this time.")
+@click.option(
+    "--max-train-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop, after a save, past this time.",
+)
 @click.option("--use-best-hyperparameters", is_flag=True, help="Take the sweep's best settings.")
 @_dagster_url_option
 def train(job_name: str, dynamo_table: str | None, dagster_url: str | None, wait: bool, **flags) -> None:
@@ -88,6 +106,7 @@ def train(job_name: str, dynamo_table: str | None, dagster_url: str | None, wait
             raise click.ClickException(f"run {run_id} ended {status}")
         return
     result = _execute_here(selection, run_config, tags)
+    report_input_problems({asset: _materialisation_metadata(result, asset) for asset in _materialised(result)})
     metadata = _materialisation_metadata(result, "layoutlm_checkpoint")
     best = str(metadata["path"])
     click.echo(f"dagster run: {result.run_id}")
@@ -104,7 +123,12 @@ def train(job_name: str, dynamo_table: str | None, dagster_url: str | None, wait
 @click.option("--effective-batch-sizes", default="8,16,32", show_default=True, help="Comma-separated.")
 @click.option("--max-per-device-batch-size", type=int, default=None, help="Default: 32 on a GPU, 8 on a CPU.")
 @click.option("--search-max-grad-norm", is_flag=True, help="Also search max_grad_norm (0, 0.5, 1).")
-@click.option("--pretrained", default=None, help="Base model: hub id, local folder, s3:// prefix or 'compact'.")
+@click.option(
+    "--pretrained",
+    default=None,
+    callback=_base_model_argument,
+    help="Base model: hub id, local folder, s3:// prefix or 'compact'.",
+)
 @click.option("--max-steps", type=int, default=None, help="Per trial: stop after this many optimizer steps.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @_dagster_url_option
@@ -207,9 +231,15 @@ def _execute_here(selection: list[str], run_config: dict, tags: dict, partition_
         )
     if not result.success:
         failures = [event for event in result.all_events if event.event_type_value == "STEP_FAILURE"]
-        reasons = "; ".join(f"{event.step_key}: {event.step_failure_data.error.message.strip()}" for event in failures)
+        reasons = "; ".join(
+            f"{event.step_key}: {one_line(event.step_failure_data.error.message)}" for event in failures
+        )
         raise click.ClickException(f"dagster run {result.run_id} failed: {reasons}")
     return result
+
+
+def _materialised(result) -> list[str]:
+    return [event.asset_key.to_user_string() for event in result.get_asset_materialization_events()]
 
 
 def _materialisation_metadata(result, asset: str) -> dict:
@@ -248,13 +278,17 @@ def _client(url: str):
 
 def _submit(url: str, selection: list[str], run_config: dict, tags: dict) -> str:
     import dagster as dg
+    from dagster_graphql import DagsterGraphQLClientError
 
-    return _client(url).submit_job_execution(
-        ASSET_JOB,
-        run_config=run_config,
-        tags=tags,
-        asset_selection=[dg.AssetKey(name) for name in selection],
-    )
+    try:
+        return _client(url).submit_job_execution(
+            ASSET_JOB,
+            run_config=run_config,
+            tags=tags,
+            asset_selection=[dg.AssetKey(name) for name in selection],
+        )
+    except DagsterGraphQLClientError as error:
+        raise click.ClickException(f"--dagster-url {url}: {one_line(error)}") from None
 
 
 def _wait_for(url: str, run_id: str, timeout: float = 24 * 3600) -> str:

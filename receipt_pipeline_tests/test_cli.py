@@ -121,3 +121,25 @@ def test_dev_serves_the_ui_with_the_local_code_location_and_stops_its_children(t
 def _served(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _one_clear_line(done: subprocess.CompletedProcess, *named: str) -> None:
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert all(name in line for name in named), line
+
+
+def test_bad_arguments_to_the_emulator_and_the_seeder_end_in_one_line_naming_them(aws_emulator, receipts_table):
+    env = {**os.environ}
+    _one_clear_line(subprocess.run(_cli("seed-synthetic", "--receipts", "0"), env=env, capture_output=True, text=True),
+                    "--receipts", "0")  # fmt: skip
+    missing = subprocess.run(
+        _cli("seed-synthetic", "--receipts", "2", "--table", "no-such-table"), env=env, capture_output=True, text=True
+    )
+    _one_clear_line(missing, "--table", "no-such-table", "does not exist")
+    unset = {k: v for k, v in env.items() if k != "AWS_ENDPOINT_URL"}
+    refused = subprocess.run(_cli("seed-synthetic", "--receipts", "2"), env=unset, capture_output=True, text=True)
+    _one_clear_line(refused, "AWS_ENDPOINT_URL")
+    port = int(env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])  # the test session's emulator holds it
+    taken = subprocess.run(_cli("local-aws", "--port", str(port)), env=env, capture_output=True, text=True)
+    _one_clear_line(taken, "--port", f"127.0.0.1:{port} is in use")

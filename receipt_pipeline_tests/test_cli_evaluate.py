@@ -56,3 +56,58 @@ def test_markdown_output_and_a_clear_error_for_a_folder_without_receipts(trained
     assert done.returncode == 0 and "SROIE field-level exact match" in done.stdout
     empty = _evaluate("--checkpoint", checkpoint, "--sroie-dir", str(tmp_path))
     assert empty.returncode != 0 and "no SROIE split" in empty.stderr
+
+
+def _one_clear_line(done: subprocess.CompletedProcess, *named: str) -> None:
+    """A non-zero exit and one line on stderr naming what is wrong: no traceback."""
+    assert done.returncode != 0, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert all(name in lines[0] for name in named), lines[0]
+
+
+def test_files_that_cannot_be_used_are_counted_named_and_given_their_reason(trained, shared_sroie_dir, tmp_path):
+    checkpoint, held_back = trained
+    folder = tmp_path / "sroie" / "train"
+    for name in ("box", "entities"):
+        (folder / name).mkdir(parents=True)
+    good = sorted((held_back / "train" / "box").glob("*.txt"))[:3]
+    for box in good:
+        (folder / "box" / box.name).symlink_to(box.resolve())
+        (folder / "entities" / box.name).symlink_to((held_back / "train" / "entities" / box.name).resolve())
+    (folder / "box" / "UNREADABLE.txt").write_bytes(bytes(range(256)) * 8)  # binary, not an OCR file
+    (folder / "entities" / "UNREADABLE.txt").write_text('{"company": "X", "total": "1.00"}')
+    malformed = folder / "entities" / good[0].name
+    malformed.unlink()
+    malformed.write_text('{"company": "ACME", "total": ')  # cut short
+
+    done = _evaluate("--checkpoint", checkpoint, "--sroie-dir", str(folder.parent), "--json")
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    problems = report["problems"]
+    assert problems["count"] == len(problems["items"]) == sum(problems["by_reason"].values())
+    assert {"non_utf8", "no_words", "unparsable_entities"} <= set(problems["by_reason"])
+    assert any("UNREADABLE.txt: no_words" in item for item in problems["items"])
+    assert any(f"{good[0].name}: unparsable_entities" in item for item in problems["items"])
+    # said on stderr too, counted by reason and named
+    assert f"{problems['count']} SROIE files or lines could not be fully used" in done.stderr
+    assert "UNREADABLE.txt" in done.stderr and good[0].name in done.stderr
+    # the receipts that could be read are scored; the malformed one has no references to score its fields by
+    assert report["receipts"] == 3 and report["fields"]["receipts"] == 2
+
+
+def test_a_checkpoint_that_is_not_there_or_is_no_model_ends_in_one_line_naming_it(trained, tmp_path):
+    _, held_back = trained
+    missing = str(tmp_path / "no-such-run" / "best")
+    _one_clear_line(_evaluate("--checkpoint", missing, "--sroie-dir", str(held_back)), "--checkpoint", missing)
+    (tmp_path / "empty").mkdir()
+    _one_clear_line(
+        _evaluate("--checkpoint", str(tmp_path / "empty"), "--sroie-dir", str(held_back)),
+        str(tmp_path / "empty"),
+        "model.safetensors",
+    )
+    nowhere = str(tmp_path / "no-such-sroie")
+    checkpoint = trained[0]
+    _one_clear_line(_evaluate("--checkpoint", checkpoint, "--sroie-dir", nowhere), "--sroie-dir", nowhere)

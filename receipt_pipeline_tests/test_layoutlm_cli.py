@@ -32,14 +32,19 @@ def local_default(aws_emulator, shared_sroie_dir, tmp_path_factory):
             "RECEIPT_PIPELINE_DEPLOYMENT": "local",
             "RECEIPT_PIPELINE_DATA_DIR": str(root / "data"),
             "RECEIPTS_TABLE": "receipts-that-the-flag-overrides",
-            "SROIE_DIR": str(sroie_subset(shared_sroie_dir, root / "sroie", receipts=30)),
+            "SROIE_DIR": str(_with_an_unreadable_receipt(sroie_subset(shared_sroie_dir, root / "sroie", receipts=30))),
             "HF_HUB_OFFLINE": "1",
         }
         yield {"env": env, "home": home, "data": root / "data", "table": table}
 
 
-def _layoutlm_cli(env: dict, *args: str) -> str:
-    done = subprocess.run(
+def _with_an_unreadable_receipt(sroie: Path) -> Path:
+    (sroie / "train" / "box" / "UNREADABLE.txt").write_bytes(bytes(range(256)) * 4)
+    return sroie
+
+
+def _run_layoutlm_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "-m", "receipt_pipeline.layoutlm_cli", *args],
         env=env,
         cwd=REPO_ROOT,
@@ -48,7 +53,13 @@ def _layoutlm_cli(env: dict, *args: str) -> str:
         timeout=600,
         check=False,
     )
+
+
+def _layoutlm_cli(env: dict, *args: str, stderr: list | None = None) -> str:
+    done = _run_layoutlm_cli(env, *args)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    if stderr is not None:
+        stderr.append(done.stderr)
     return done.stdout
 
 
@@ -59,6 +70,7 @@ def _runs(home: Path) -> list:
 
 def test_train_with_the_earlier_tools_flags_runs_through_dagster_and_prints_the_run_folder(local_default):
     env, home = local_default["env"], local_default["home"]
+    said: list[str] = []
     out = _layoutlm_cli(
         env,
         "train",
@@ -73,7 +85,10 @@ def test_train_with_the_earlier_tools_flags_runs_through_dagster_and_prints_the_
         "--early-stopping-patience", "2",
         "--pretrained", "compact",
         "--max-steps", "4",
+        stderr=said,
     )  # fmt: skip
+    # what the data assets could not use is said, counted, with the reason, as their metadata records it
+    assert "no_words: 1" in said[0] and "UNREADABLE.txt" in said[0]
     run_folder = local_default["data"] / "runs" / "receipts-v2"
     assert f"run folder: {run_folder}" in out
     assert (run_folder / "best" / "model.safetensors").is_file()
@@ -83,11 +98,14 @@ def test_train_with_the_earlier_tools_flags_runs_through_dagster_and_prints_the_
     with dg.DagsterInstance.from_config(str(home)) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("layoutlm_checkpoint"))
         words = instance.get_latest_materialization_event(dg.AssetKey("raw_receipt_words"))
+        sroie = instance.get_latest_materialization_event(dg.AssetKey("sroie_receipts"))
     hyperparameters = event.asset_materialization.metadata["hyperparameters"].value
     assert hyperparameters["learning_rate"] == 3e-4 and hyperparameters["label_smoothing"] == 0.01
     assert hyperparameters["warmup_ratio"] == 0.05 and hyperparameters["early_stopping_patience"] == 2
     assert hyperparameters["epochs"] == 3 and hyperparameters["per_device_batch_size"] == 4
     assert words.asset_materialization.metadata["table"].value == local_default["table"]
+    problems = sroie.asset_materialization.metadata["problems"].value
+    assert problems > 1 and f"sroie_receipts: {problems} inputs could not be fully used" in said[0]
 
 
 def test_train_writes_its_run_folder_under_output_s3_path(local_default, artifacts_bucket):
@@ -116,3 +134,20 @@ def test_sweep_runs_each_trial_as_its_own_run_and_prints_the_best(local_default)
     assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
     again = _layoutlm_cli(env, "sweep", "--study", "cli", "--trials", "1", "--max-steps", "2")
     assert "trial cli-002" in again, "a second sweep of the same study adds trials after the first's"
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--pretrained", "/no/such/base-model"], "--pretrained"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--lr", "-1"], "--lr"),
+    ],
+)
+def test_a_bad_argument_ends_in_one_line_naming_it_and_no_run(local_default, args, named):
+    before = len(_runs(local_default["home"]))
+    done = _run_layoutlm_cli(local_default["env"], "train", "--job-name", "bad", *args)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert named in line and args[-1] in line
+    assert len(_runs(local_default["home"])) == before

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from receipt_pipeline.core import storage
+from receipt_pipeline.core.errors import ExplainedError
 
 COMPACT = "compact"
 DEFAULT_HUB_MODEL = "microsoft/layoutlm-base-uncased"
@@ -21,7 +22,7 @@ UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".m
 _PROBE_WORDS = ["total", "cash", "date", "store"]
 
 
-class BaseModelError(RuntimeError):
+class BaseModelError(ExplainedError, RuntimeError):
     """The base model or its tokenizer cannot be loaded; the message names the source and the cause."""
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from receipt_pipeline.core import storage, word_table
+from receipt_pipeline.core.errors import ExplainedError
 
 SPLITS = ("train", "validation", "test")
 OUTSIDE = "O"
@@ -41,6 +42,8 @@ SCHEMA = pa.schema(
         ("boxes", pa.list_(pa.list_(pa.int16(), 4))),  # x0, y0, x1, y1 in 0..1000, y down
         ("tags", pa.list_(pa.string())),
         ("line_ids", pa.list_(pa.int32())),
+        # the field values the source states for the receipt (SROIE's entities), null where it states none
+        ("reference_fields", pa.map_(pa.string(), pa.string())),
     ]
 )
 LABELS_METADATA_KEY = b"receipt_pipeline.labels"
@@ -49,7 +52,7 @@ VERSION_METADATA_KEY = b"receipt_pipeline.content_hash"
 SNAPSHOTS_METADATA_KEY = b"receipt_pipeline.source_snapshots"
 
 
-class SplitError(ValueError):
+class SplitError(ExplainedError, ValueError):
     """The split cannot be built from this input; the message names the receipts or settings at fault."""
 
 
@@ -159,6 +162,9 @@ def build_split(words: Iterable[pd.DataFrame], options: SplitOptions | None = No
     }
     if not frames:
         raise SplitError("no words: every selected source is empty")
+    references = {
+        key: dict(fields) for f in frames for key, fields in f.attrs.get(word_table.REFERENCE_FIELDS_ATTR, {}).items()
+    }
     frame = pd.concat(frames, ignore_index=True)
     frame = _map_sroie_labels(frame, options.sroie_labels)
     frame = frame.sort_values(["source", "image_id", "receipt_id", "line_id", "word_id"], kind="stable")
@@ -188,7 +194,7 @@ def build_split(words: Iterable[pd.DataFrame], options: SplitOptions | None = No
         keep, dropped_lines = _downsample_outside_lines(keys, line_ids, tags, is_train, options)
     after = _entity_share(tags[is_train & keep])
 
-    table = _receipt_table(frame, keys, tags, boxes, line_ids, split_of_word, keep)
+    table = _receipt_table(frame, keys, tags, boxes, line_ids, split_of_word, keep, references)
     labels = sorted(frame["label"].dropna().unique().tolist())
     table = table.replace_schema_metadata({LABELS_METADATA_KEY: ",".join(labels).encode()})
     version = content_hash(table)
@@ -240,6 +246,20 @@ def _map_sroie_labels(frame: pd.DataFrame, mapping: Mapping[str, str]) -> pd.Dat
     frame = frame.copy()
     frame.loc[is_sroie, "label"] = frame.loc[is_sroie, "label"].replace(dict(mapping))
     return frame
+
+
+def _fields_of(fields: Mapping[str, str] | None) -> list[tuple[str, str]] | None:
+    return sorted(fields.items()) if fields else None
+
+
+def reference_fields(table: pa.Table) -> dict[str, dict[str, str]]:
+    """Receipt key -> field -> the value its source states, for the receipts of ``table`` that have some."""
+    keys = table.column("key").to_pylist()
+    return {
+        key: dict(fields)
+        for key, fields in zip(keys, table.column("reference_fields").to_pylist(), strict=True)
+        if fields
+    }
 
 
 def _receipt_keys(frame: pd.DataFrame) -> np.ndarray:
@@ -314,6 +334,7 @@ def _receipt_table(
     line_ids: np.ndarray,
     split_of_word: np.ndarray,
     keep: np.ndarray,
+    references: Mapping[str, Mapping[str, str]],
 ) -> pa.Table:
     keys, tags, boxes, line_ids, split_of_word = (
         keys[keep],
@@ -338,6 +359,9 @@ def _receipt_table(
         "boxes": pa.ListArray.from_arrays(offsets, flat_boxes),
         "tags": pa.ListArray.from_arrays(offsets, pa.array(tags.tolist(), pa.string())),
         "line_ids": pa.ListArray.from_arrays(offsets, pa.array(line_ids.astype(np.int32))),
+        "reference_fields": pa.array(
+            [_fields_of(references.get(key)) for key in keys[starts].tolist()], pa.map_(pa.string(), pa.string())
+        ),
     }
     return pa.Table.from_pydict(columns, schema=SCHEMA)
 

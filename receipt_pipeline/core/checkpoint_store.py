@@ -13,12 +13,13 @@ from pathlib import Path
 
 from receipt_pipeline.core import storage
 from receipt_pipeline.core.base_model import UNSAFE_SUFFIXES
+from receipt_pipeline.core.errors import ExplainedError
 from receipt_pipeline.core.training import CHECKPOINTS, COMPLETE_MARKER
 
 SAFE_SUFFIXES = (".json", ".safetensors", ".txt")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ExplainedError, RuntimeError):
     """A checkpoint on S3 cannot be resumed from; the message names it and the cause."""
 
 

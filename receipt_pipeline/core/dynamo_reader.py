@@ -47,6 +47,7 @@ from receipt_pipeline.core.dynamo_schema import (
     validation_status_gsi3pk,
     word_key_of,
 )
+from receipt_pipeline.core.errors import ExplainedError
 
 Strategy = Literal["gsi3", "scan"]
 SNAPSHOT_STATUS = "VALID"
@@ -57,7 +58,7 @@ UNNAMED_LABEL = "(no label in the key)"
 MAX_LISTED_BAD_KEYS = 20
 
 
-class ReceiptReadError(RuntimeError):
+class ReceiptReadError(ExplainedError, RuntimeError):
     pass
 
 

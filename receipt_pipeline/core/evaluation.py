@@ -11,6 +11,7 @@ import numpy as np
 
 from receipt_pipeline.core.batching import WindowCollator
 from receipt_pipeline.core.bio import OUTSIDE
+from receipt_pipeline.core.errors import ExplainedError
 from receipt_pipeline.core.windows import WindowSet, merge_word_predictions
 
 SROIE_FIELDS = ("company", "date", "address", "total")
@@ -267,16 +268,16 @@ def evaluate(
     *,
     split: str = "test",
     words: Mapping[str, Sequence[str]] | None = None,
-    sroie_references: Mapping[str, Mapping[str, str]] | None = None,
+    references: Mapping[str, Mapping[str, str]] | None = None,
     sroie_labels: Mapping[str, str] | None = None,
     model=None,
     pad_token_id: int = 0,
 ) -> Report:
     """Score a checkpoint on one split of the windows.
 
-    ``words`` (receipt key -> words) and ``sroie_references`` (SROIE image id -> field -> string) enable
-    field-level scoring of the SROIE receipts; ``sroie_labels`` maps SROIE's field labels (COMPANY, ...)
-    to the label names the model was trained with.
+    ``words`` (receipt key -> words) and ``references`` (receipt key -> SROIE field -> string: the split's
+    ``reference_fields``) enable field-level scoring of the receipts that have references; ``sroie_labels``
+    maps SROIE's field labels (COMPANY, ...) to the label names the model was trained with.
     """
     windows = WindowSet(manifest, split)
     model = model or load_classifier(checkpoint)
@@ -287,15 +288,11 @@ def evaluate(
     truth = true_receipt_tags(windows)
     names, matrix = confusion_matrix(truth, predicted, windows.label_names)
     fields = None
-    if words is not None and sroie_references:
+    if words is not None and references:
         field_labels = {name.lower(): label for name, label in (sroie_labels or {}).items()}
-        references, guesses = {}, {}
-        for key, tags in predicted.items():
-            source, image_id, _ = key.split("/", 2)
-            if source == "sroie" and image_id in sroie_references:
-                references[key] = sroie_references[image_id]
-                guesses[key] = extract_fields(words[key], tags, field_labels)
-        fields = field_scores(references, guesses) if references else None
+        scored = {key: references[key] for key in predicted if key in references}
+        guesses = {key: extract_fields(words[key], predicted[key], field_labels) for key in scored}
+        fields = field_scores(scored, guesses) if scored else None
     return Report(
         checkpoint=checkpoint,
         split=split,
@@ -308,7 +305,40 @@ def evaluate(
     )
 
 
-def evaluate_sroie_folder(checkpoint: str, sroie_dir: str, work_dir: str) -> Report:
+class ModelFolderError(ExplainedError, ValueError):
+    """A checkpoint folder that cannot be scored; the message names it and what it lacks."""
+
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "label_map.json")
+
+
+def checkpoint_folder(checkpoint: str) -> Path:
+    """The local folder of a trained checkpoint (an ``s3://`` prefix is downloaded), checked to hold what a
+    model the pipeline trained holds; :class:`ModelFolderError` names the checkpoint and the missing files."""
+    from receipt_pipeline.core import base_model, storage
+
+    if not storage.is_s3(checkpoint) and not Path(checkpoint).expanduser().is_dir():
+        raise ModelFolderError(f"checkpoint {checkpoint!r}: no such folder")
+    try:
+        folder = Path(base_model.resolve(checkpoint))
+    except base_model.BaseModelError as error:
+        raise ModelFolderError(str(error)) from None
+    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ModelFolderError(
+            f"checkpoint {checkpoint!r} has no {', '.join(missing)}: not a model folder that layoutlm_checkpoint wrote"
+        )
+    return folder
+
+
+@dataclass
+class FolderEvaluation:
+    report: Report
+    # every file or line of the folder that could not be fully used, as sroie_receipts reports them
+    problems: list
+
+
+def evaluate_sroie_folder(checkpoint: str, sroie_dir: str, work_dir: str) -> FolderEvaluation:
     """Score a checkpoint on a SROIE-layout folder: every split in it, or the folder itself if it is one.
 
     Windows are cut with the checkpoint's own tokenizer and tag list into ``work_dir``.
@@ -320,7 +350,7 @@ def evaluate_sroie_folder(checkpoint: str, sroie_dir: str, work_dir: str) -> Rep
     from receipt_pipeline.core.sroie import read_sroie
     from receipt_pipeline.core.windows import WindowOptions, write_windows
 
-    location = base_model.resolve(checkpoint)
+    location = str(checkpoint_folder(checkpoint))
     label_map = json.loads((Path(location) / "label_map.json").read_text())
     model_labels: list[str] = label_map["labels"]
     # SROIE's field labels under the names the model learnt them by (the table's, or SROIE's own)
@@ -348,13 +378,14 @@ def evaluate_sroie_folder(checkpoint: str, sroie_dir: str, work_dir: str) -> Rep
         settings={"tokenizer": {"base_model": checkpoint, "fingerprint": base_model.tokenizer_fingerprint(tokenizer)}},
     )
     words = dict(zip(split.table.column("key").to_pylist(), split.table.column("words").to_pylist(), strict=True))
-    return evaluate(
+    report = evaluate(
         checkpoint,
         manifest,
         split="test",
         words=words,
-        sroie_references=sroie.entities,
+        references=bio.reference_fields(split.table),
         sroie_labels=sroie_labels,
         model=load_classifier(location),
         pad_token_id=tokenizer.pad_token_id,
     )
+    return FolderEvaluation(report, sroie.problems)

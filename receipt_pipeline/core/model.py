@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from receipt_pipeline.core import base_model
+from receipt_pipeline.core.errors import ExplainedError
 
 
-class ModelError(RuntimeError):
+class ModelError(ExplainedError, RuntimeError):
     """The model cannot be built; the message names the source and the cause."""
 
 

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 from receipt_pipeline.core import storage
+from receipt_pipeline.core.errors import ExplainedError
 
 MANIFEST = "production.json"
 METRIC = "entity_f1"  # seqeval strict IOB2, present in every report (field F1 needs SROIE test receipts)
@@ -20,7 +21,7 @@ MODEL_SUFFIXES = (".json", ".safetensors", ".txt")
 COMPLETE_MARKER = "COMPLETE"
 
 
-class PromotionError(RuntimeError):
+class PromotionError(ExplainedError, RuntimeError):
     pass
 
 

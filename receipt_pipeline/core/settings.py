@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from receipt_pipeline.core.errors import ExplainedError
+
 LOCAL_TABLE = "receipts"
 LOCAL_BUCKET = "receipt-pipeline-local"
 DEPLOYMENTS = ("local", "prod")
@@ -15,7 +17,7 @@ DEFAULT_PROMOTION_TOLERANCE = 0.01
 LOCAL_MAX_TRAIN_MINUTES = 2.5
 
 
-class SettingsError(RuntimeError):
+class SettingsError(ExplainedError, RuntimeError):
     pass
 
 

@@ -42,7 +42,7 @@ import pandas as pd
 from rapidfuzz import fuzz, process
 
 from receipt_pipeline.core import storage
-from receipt_pipeline.core.word_table import COLUMNS, SOURCE_SROIE, to_frame
+from receipt_pipeline.core.word_table import COLUMNS, REFERENCE_FIELDS_ATTR, SOURCE_SROIE, receipt_key, to_frame
 
 __all__ = ["ENTITY_FIELDS", "LABEL_BY_FIELD", "EntityCount", "Problem", "SroieResult", "read_sroie"]
 
@@ -62,6 +62,8 @@ FUZZY_MAX_LENGTH_SHARE = 1.5
 # Lines whose vertical centres differ by less than this share of the receipt's median line height
 # are one printed row.
 ROW_TOLERANCE_SHARE = 0.5
+# a SROIE scan is one receipt
+SROIE_RECEIPT_ID = 1
 
 
 class Problem(NamedTuple):
@@ -156,8 +158,13 @@ def read_sroie(root: str, splits: Sequence[str] | None = None) -> SroieResult:
     entities: dict[str, dict[str, str]] = {}
     for split in splits:
         receipts[split] = _read_split(root, split, files_by_split.get(split, {}), columns, tally, problems, entities)
+    frame = to_frame(columns)
+    # carried with the words, so that the evaluation scores against the strings these words were read with
+    frame.attrs[REFERENCE_FIELDS_ATTR] = {
+        receipt_key(SOURCE_SROIE, image_id, SROIE_RECEIPT_ID): fields for image_id, fields in entities.items()
+    }
     return SroieResult(
-        frame=to_frame(columns),
+        frame=frame,
         receipts=receipts,
         coverage={
             name: tally.found[name] / tally.expected[name] if tally.expected[name] else math.nan
@@ -633,7 +640,7 @@ def _append_rows(
         columns["source"].append(SOURCE_SROIE)
         columns["source_split"].append(split)
         columns["image_id"].append(image_id)
-        columns["receipt_id"].append(1)
+        columns["receipt_id"].append(SROIE_RECEIPT_ID)
         columns["line_id"].append(word.line_id)
         columns["word_id"].append(word.word_id)
         columns["text"].append(word.text)

@@ -134,9 +134,21 @@ def is_dir(uri: str) -> bool:
 
 @dataclass(frozen=True)
 class ParquetArtifact:
-    """A parquet file at a local path or ``s3://`` URI, read lazily so a large one streams in batches."""
+    """A parquet file at a local path or ``s3://`` URI, read lazily so a large one streams in batches, or not at
+    all: the file need not exist until it is read."""
 
     uri: str
+
+    def exists(self) -> bool:
+        return exists(self.uri)
+
+    def read_pandas(self):
+        """The whole file as a DataFrame, with the ``attrs`` pandas kept in it."""
+        import io
+
+        import pandas as pd
+
+        return pd.read_parquet(io.BytesIO(read_bytes(self.uri)))
 
     @contextlib.contextmanager
     def open(self) -> Iterator:

@@ -31,6 +31,7 @@ from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
 from receipt_pipeline.core import aws, dynamo_items
+from receipt_pipeline.core.errors import ExplainedError
 
 __all__ = [
     "BATCH_SIZE",
@@ -979,7 +980,7 @@ _RETRYABLE_ERRORS = frozenset({
 })  # fmt: skip
 
 
-class WriteFailed(RuntimeError):
+class WriteFailed(ExplainedError, RuntimeError):
     """Items that could not be written; the message names the table."""
 
 

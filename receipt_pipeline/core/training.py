@@ -26,6 +26,7 @@ from pathlib import Path
 from receipt_pipeline.core import base_model
 from receipt_pipeline.core.batching import LengthBucketSampler, TokenLoss, WindowCollator
 from receipt_pipeline.core.box_augmentation import BoxAugmentation
+from receipt_pipeline.core.errors import ExplainedError
 from receipt_pipeline.core.evaluation import entity_scores, receipt_tags, true_receipt_tags
 from receipt_pipeline.core.windows import WindowSet
 
@@ -42,7 +43,7 @@ DEFAULTS_BY_BASE_MODEL = {
 }
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ExplainedError, RuntimeError):
     """Training cannot start or go on; the message says why."""
 
 

@@ -23,6 +23,7 @@ from safetensors.numpy import save as save_safetensors
 
 from receipt_pipeline.core import storage
 from receipt_pipeline.core.bio import BOX_SCALE, SPLITS, tag_names
+from receipt_pipeline.core.errors import ExplainedError
 
 FORMAT = 1
 IGNORE_INDEX = -100
@@ -31,7 +32,7 @@ SEP_BOX = (BOX_SCALE, BOX_SCALE, BOX_SCALE, BOX_SCALE)
 MANIFEST_NAME = "manifest.json"
 
 
-class WindowError(ValueError):
+class WindowError(ExplainedError, ValueError):
     """The windows cannot be built or loaded; the message names the receipt, shard or setting at fault."""
 
 

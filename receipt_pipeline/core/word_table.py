@@ -35,6 +35,14 @@ ORDER = ["source", "image_id", "receipt_id", "line_id", "word_id"]
 # DataFrame.attrs key (kept in the parquet file by pandas) for what the source looked like when it was
 # read, e.g. the table's VALID label count and newest label: the split and the checkpoint pass it on
 SNAPSHOT_ATTR = "source_snapshot"
+# DataFrame.attrs key for the field values a source states for its receipts (SROIE's entity strings):
+# receipt key -> field -> the string, carried on by the split to the evaluation, which scores against them
+REFERENCE_FIELDS_ATTR = "reference_fields"
+
+
+def receipt_key(source: str, image_id: str, receipt_id: int) -> str:
+    """``<source>/<image id>/<receipt id, five digits>``: how the split and everything after it names a receipt."""
+    return f"{source}/{image_id}/{int(receipt_id):05d}"
 
 
 def to_frame(columns: Mapping[str, Sequence]) -> pd.DataFrame:

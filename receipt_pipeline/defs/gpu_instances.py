@@ -7,12 +7,13 @@ import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
+from receipt_pipeline.core.errors import ExplainedError
 from receipt_pipeline.core.settings import DeploymentSettings
 from receipt_pipeline.launcher import ec2, tags
 from receipt_pipeline.launcher.run_launcher import EC2GpuRunLauncher
 
 
-class ReaperError(RuntimeError):
+class ReaperError(ExplainedError, RuntimeError):
     """Some instances that should have ended could not be terminated; the message names each and why."""
 
 

@@ -62,7 +62,8 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
     """Stores DataFrames and Arrow tables as parquet and dicts as JSON under ``root`` (a folder or ``s3://`` prefix).
 
     Parquet loads as what was stored (a DataFrame or an Arrow table, schema metadata kept) unless the
-    input is annotated otherwise; an input annotated ``ParquetArtifact`` gets a handle to stream it.
+    input is annotated otherwise; an input annotated ``ParquetArtifact`` gets a handle to stream it, which is
+    given whether or not the file exists, so an asset can leave an input it does not need unread.
 
     Never pickles: what is read back from S3 is data, not code. Writes are atomic (see core.storage).
     """
@@ -96,10 +97,11 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> object:
         parquet = self._uri(context, ".parquet")
+        wanted = context.dagster_type.typing_type
+        if wanted is storage.ParquetArtifact:
+            # a handle, read (or not) by the asset: an input it does not need need not exist
+            return storage.ParquetArtifact(parquet)
         if storage.exists(parquet):
-            wanted = context.dagster_type.typing_type
-            if wanted is storage.ParquetArtifact:
-                return storage.ParquetArtifact(parquet)
             data = io.BytesIO(storage.read_bytes(parquet))
             # unannotated (load_asset_value): what was stored comes back; pandas marks its own files
             stored_by_pandas = b"pandas" in (pq.read_schema(data).metadata or {})

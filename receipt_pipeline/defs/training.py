@@ -14,7 +14,6 @@ from pydantic import Field
 from receipt_pipeline.core import bio, distributed, storage, sweep, word_table
 from receipt_pipeline.core.checkpoint_store import CheckpointSync, restore_latest
 from receipt_pipeline.core.evaluation import confusion_png, evaluate
-from receipt_pipeline.core.sroie import read_sroie
 from receipt_pipeline.core.training import (
     TrainingError,
     TrainingOptions,
@@ -254,9 +253,6 @@ def _gpu_instance_metadata(run_tags: dict[str, str]) -> dict:
 
 class EvaluationReportConfig(dg.Config):
     split: str = Field(default="test", description="Which split of the windows to score.")
-    sroie_dir: str | None = Field(
-        default=None, description="SROIE folder for field-level references; default: the deployment's SROIE_DIR."
-    )
     sroie_labels: dict[str, str] = Field(
         default=dict(bio.DEFAULT_SROIE_LABELS), description="SROIE field labels as the model names them."
     )
@@ -279,16 +275,13 @@ def evaluation_report(
 ) -> dg.Output[dict]:
     rows = bio_receipt_split.filter(pa.compute.equal(bio_receipt_split.column("split"), config.split))
     words = dict(zip(rows.column("key").to_pylist(), rows.column("words").to_pylist(), strict=True))
-    references = None
-    sroie_root = config.sroie_dir or settings.sroie_dir
-    if sroie_root and "sroie" in set(rows.column("source").to_pylist()):
-        references = read_sroie(sroie_root).entities
     report = evaluate(
         layoutlm_checkpoint["path"],
         windowed_tensors,
         split=config.split,
         words=words,
-        sroie_references=references,
+        # the field strings came with the receipts, through sroie_receipts and the split: the lineage's own
+        references=bio.reference_fields(rows),
         sroie_labels=config.sroie_labels,
     )
     folder = storage.join(settings.artifact_root, "reports", context.run.run_id)

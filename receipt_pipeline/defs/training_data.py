@@ -70,12 +70,18 @@ def _markdown_label_table(counts: dict[str, dict[str, int]]) -> str:
 def bio_receipt_split(
     context: dg.AssetExecutionContext,
     config: BioReceiptSplitConfig,
-    raw_receipt_words: pd.DataFrame,
-    sroie_receipts: pd.DataFrame,
+    raw_receipt_words: storage.ParquetArtifact,
+    sroie_receipts: storage.ParquetArtifact,
 ) -> Iterator:
     unknown = set(config.sources) - {word_table.SOURCE_DYNAMO, word_table.SOURCE_SROIE}
     if unknown or not config.sources:
         raise dg.Failure(f"sources must be a non-empty subset of ['dynamo', 'sroie'], got {config.sources}")
+    # only the sources asked for are read: SROIE alone trains without a table, the table alone without SROIE
+    by_source = {
+        word_table.SOURCE_DYNAMO: ("raw_receipt_words", raw_receipt_words),
+        word_table.SOURCE_SROIE: ("sroie_receipts", sroie_receipts),
+    }
+    words = [_source_words(name, *by_source[name]) for name in config.sources]
     pinned = set(config.pinned_validation_keys)
     if config.pinned_validation_file:
         pinned.update(bio.read_pinned_keys(config.pinned_validation_file))
@@ -86,8 +92,7 @@ def bio_receipt_split(
         entity_share_target=config.entity_share_target,
         sroie_labels=config.sroie_labels,
     )
-    by_source = {word_table.SOURCE_DYNAMO: raw_receipt_words, word_table.SOURCE_SROIE: sroie_receipts}
-    result = bio.build_split([by_source[name] for name in config.sources], options)
+    result = bio.build_split(words, options)
     if result.pinned_missing:
         context.log.warning(f"{len(result.pinned_missing)} pinned validation keys match no receipt")
     table = result.table
@@ -111,6 +116,15 @@ def bio_receipt_split(
         },
     )
     yield from split_checks(table)
+
+
+def _source_words(source: str, asset: str, artifact: storage.ParquetArtifact) -> pd.DataFrame:
+    if not artifact.exists():
+        raise dg.Failure(
+            f"sources includes {source!r}, but {asset} has not been materialised (nothing at {artifact.uri}): "
+            f"materialise {asset} first, or leave {source!r} out of bio_receipt_split's sources"
+        )
+    return artifact.read_pandas()
 
 
 def split_checks(table: pa.Table) -> Iterator[dg.AssetCheckResult]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from botocore.exceptions import ClientError
 
+from receipt_pipeline.core.errors import ExplainedError
+
 SPOT = "spot"
 ON_DEMAND = "on-demand"
 MARKETS = (SPOT, ON_DEMAND)
@@ -35,11 +37,11 @@ LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
 MINIMUM_BILLED_SECONDS = 60
 
 
-class CapacityError(RuntimeError):
+class CapacityError(ExplainedError, RuntimeError):
     """No placement in the fallback list could be started; the message lists each refusal."""
 
 
-class LaunchError(RuntimeError):
+class LaunchError(ExplainedError, RuntimeError):
     """An instance was started but its launch could not be completed; the instance was terminated."""
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from receipt_pipeline.core.errors import ExplainedError
+
 # a word of a snake_case or kebab-case name: AWS_SECRET_ACCESS_KEY, DAGSTER_PG_PASSWORD, HF_TOKEN, db-password;
 # not TOKENIZERS_PARALLELISM
 SECRET_NAME = re.compile(
@@ -30,7 +32,7 @@ HOW = (
 )
 
 
-class SecretValueError(ValueError):
+class SecretValueError(ExplainedError, ValueError):
     """A secret value would be written where it must not be; the message names where, never the value."""
 
 

@@ -16,6 +16,7 @@ from string import Template
 
 import yaml
 
+from receipt_pipeline.core.errors import ExplainedError
 from receipt_pipeline.launcher import no_secrets
 
 PACKAGE = "receipt_pipeline"
@@ -25,7 +26,7 @@ VENV_BIN = "/opt/receipt-pipeline/bin"
 _SPEC = re.compile(r"<<'RUN_SPEC'\n(.*?)\nRUN_SPEC\n", re.DOTALL)
 
 
-class UserDataError(ValueError):
+class UserDataError(ExplainedError, ValueError):
     pass
 
 

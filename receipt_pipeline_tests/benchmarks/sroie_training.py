@@ -77,7 +77,7 @@ def run(
         manifest,
         split="test",
         words=words,
-        sroie_references=sroie.entities,
+        references=bio.reference_fields(test),
         sroie_labels=bio.DEFAULT_SROIE_LABELS,
         pad_token_id=tokenizer.pad_token_id,
     )
