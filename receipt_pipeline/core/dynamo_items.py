@@ -64,6 +64,18 @@ def geometry(corners: Corners, angle_degrees: float = 0.0, confidence: float = 1
     }
 
 
+def _receipt_text(
+    text: str, corners: Corners, angle_degrees: float, confidence: float, embedding_status: str, is_noise: bool
+) -> dict[str, Any]:
+    """What a receipt's lines and words both hold beside their keys."""
+    return {
+        "text": text,
+        **geometry(corners, angle_degrees, confidence),
+        "embedding_status": embedding_status,
+        "is_noise": is_noise,
+    }
+
+
 def _cdn_fields() -> dict[str, None]:
     return {"cdn_s3_bucket": None, "cdn_s3_key": None, "cdn_webp_s3_key": None, "cdn_avif_s3_key": None}
 
@@ -133,10 +145,7 @@ def line_item(
         "GSI3SK": "LINE",
         "GSI4PK": receipt,
         "GSI4SK": f"2_LINE#{line_id:05d}",
-        "text": text,
-        **geometry(corners, angle_degrees, confidence),
-        "embedding_status": embedding_status,
-        "is_noise": is_noise,
+        **_receipt_text(text, corners, angle_degrees, confidence, embedding_status, is_noise),
     }
 
 
@@ -169,10 +178,7 @@ def word_item(
         "GSI3SK": "WORD",
         "GSI4PK": receipt,
         "GSI4SK": f"3_WORD#{line_id:05d}#{word_id:05d}",
-        "text": text,
-        **geometry(corners, angle_degrees, confidence),
-        "embedding_status": embedding_status,
-        "is_noise": is_noise,
+        **_receipt_text(text, corners, angle_degrees, confidence, embedding_status, is_noise),
         "extracted_data": dict(extracted_data) if extracted_data else None,
     }
 
