@@ -486,7 +486,7 @@ class _SnapshotCounter:
 
     def add(self, label_item: Mapping[str, Any]) -> None:
         self.items += 1
-        self.per_label[label_in_keys(dict(label_item)) or UNNAMED_LABEL] += 1
+        self.per_label[label_in_keys(label_item) or UNNAMED_LABEL] += 1
         stamp = str(label_item.get("timestamp_added", ""))
         if _sortable(stamp) > self._newest_key:
             self.newest, self._newest_key = stamp, _sortable(stamp)

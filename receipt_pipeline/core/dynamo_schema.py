@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -268,7 +269,7 @@ def parse_label(item: dict[str, Any]) -> WordLabel:
     )
 
 
-def label_in_keys(item: dict[str, Any]) -> str | None:
+def label_in_keys(item: Mapping[str, Any]) -> str | None:
     """The label a word-label item names in its ``SK``, or in its ``GSI3SK`` where a query projected only
     that; None when neither key has the label's shape."""
     match = _LABEL_SK.match(str(item.get("SK", ""))) or _LABEL_GSI3SK.match(str(item.get("GSI3SK", "")))

@@ -156,10 +156,14 @@ def check_tokenizer(tokenizer, source: str, manifest: dict):
     windows = manifest["tokenizer"]
     fingerprint = base_model.tokenizer_fingerprint(tokenizer)
     if fingerprint != windows["fingerprint"]:
+        remedy = (
+            "rebuild windowed_tensors (its tokenizer has changed since)"
+            if source == windows["base_model"]
+            else f"rebuild windowed_tensors with base_model {source!r}, or train base model {windows['base_model']!r}"
+        )
         raise TrainingError(
             f"base model {source!r} has another tokenizer (fingerprint {fingerprint}) than the one the windows "
-            f"were cut with, base model {windows['base_model']!r} (fingerprint {windows['fingerprint']}): "
-            f"rebuild windowed_tensors with base_model {source!r}, or train base model {windows['base_model']!r}"
+            f"were cut with, base model {windows['base_model']!r} (fingerprint {windows['fingerprint']}): {remedy}"
         )
     return tokenizer
 
