@@ -5,15 +5,24 @@ from __future__ import annotations
 import dagster as dg
 
 from receipt_pipeline.core.settings import DeploymentSettings
-from receipt_pipeline.defs import gpu_instances, ingestion, promotion, retraining, sweep, training, training_data
+from receipt_pipeline.defs import (
+    evaluation,
+    gpu_instances,
+    ingestion,
+    promotion,
+    retraining,
+    sweep,
+    training,
+    training_data,
+)
 from receipt_pipeline.defs.resources import resources_for
 
 
 def build_definitions(settings: DeploymentSettings | None = None) -> dg.Definitions:
     settings = settings or DeploymentSettings.from_env()
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingestion, training_data, training, promotion, sweep]),
-        asset_checks=[promotion.f1_not_below_production],
+        assets=dg.load_assets_from_modules([ingestion, training_data, training, evaluation, promotion, sweep]),
+        asset_checks=[evaluation.f1_not_below_production],
         jobs=[retraining.refresh_training_data, retraining.train_evaluate_promote],
         schedules=[retraining.build_weekly_schedule(settings)],
         sensors=[

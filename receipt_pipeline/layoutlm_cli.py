@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 import click
 
 from receipt_pipeline.cli import CommandGroup, existing_path, one_line, report_input_problems
-from receipt_pipeline.core import storage
+from receipt_pipeline.core import storage, training_options
 
 JOB_NAME_TAG = "receipt_pipeline/job_name"
 DATA_ASSETS = ["raw_receipt_words", "sroie_receipts", "bio_receipt_split", "windowed_tensors"]
@@ -46,49 +46,57 @@ def _base_model_argument(ctx, param, value: str | None) -> str | None:
     return value
 
 
+def _click_type(flag: training_options.Flag):
+    """The flag's type with the setting's bounds, so a value out of range is refused before any run starts."""
+    if flag.kind not in (int, float):
+        return flag.kind
+    bounds = flag.bounds
+    low, high = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
+    kind = click.IntRange if flag.kind is int else click.FloatRange
+    if low is None and high is None:
+        return flag.kind
+    return kind(min=low, max=high, min_open="gt" in bounds, max_open="lt" in bounds)
+
+
+def _training_flags(exclude: tuple[str, ...] = ()):
+    """One flag per training setting (core.training_options declares them); unset flags leave the config's
+    defaults."""
+
+    def decorate(function):
+        for flag in reversed(training_options.cli_settings()):
+            if flag.name in exclude:
+                continue
+            if flag.kind is bool:
+                option = click.option(f"{flag.flag}/--no-{flag.flag[2:]}", flag.name, default=None, help=flag.help)
+            else:
+                callback = _base_model_argument if flag.name == "base_model" else None
+                option = click.option(
+                    flag.flag, flag.name, type=_click_type(flag), default=None, help=flag.help, callback=callback
+                )
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def _settings_given(flags: dict) -> dict:
+    names = {flag.name for flag in training_options.cli_settings()}
+    return {name: value for name, value in flags.items() if name in names and value is not None}
+
+
 @main.command()
 @click.option("--job-name", required=True, help="The training run's name: its folder is <runs>/<job-name>.")
 @click.option("--dynamo-table", default=None, help="Rebuild the training data from this table first.")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Per-device batch size.")
-@click.option("--lr", "learning_rate", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--warmup-ratio", type=click.FloatRange(0, 1, max_open=True), default=None)
-@click.option("--gradient-accumulation-steps", type=click.IntRange(min=1), default=None)
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None)
-@click.option("--early-stopping-patience", type=click.IntRange(min=1), default=None)
-@click.option(
-    "--pretrained",
-    default=None,
-    callback=_base_model_argument,
-    help="Base model: hub id, local folder, s3:// prefix or 'compact'.",
-)
-@click.option("--output-s3-path", default=None, help="Where run folders go (s3:// prefix or folder).")
-@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps.")
-@click.option(
-    "--max-train-minutes",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Stop, after a save, past this time.",
-)
+@_training_flags()
+@click.option("--output-s3-path", "output_path", default=None, help="Where run folders go (s3:// prefix or folder).")
 @click.option("--use-best-hyperparameters", is_flag=True, help="Take the sweep's best settings.")
 @_dagster_url_option
 def train(job_name: str, dynamo_table: str | None, dagster_url: str | None, wait: bool, **flags) -> None:
     """Materialise layoutlm_checkpoint with this config, as a Dagster run, and print its run folder."""
-    names = {
-        "epochs": "epochs",
-        "batch_size": "per_device_batch_size",
-        "learning_rate": "learning_rate",
-        "warmup_ratio": "warmup_ratio",
-        "gradient_accumulation_steps": "gradient_accumulation_steps",
-        "label_smoothing": "label_smoothing",
-        "early_stopping_patience": "early_stopping_patience",
-        "pretrained": "base_model",
-        "output_s3_path": "output_path",
-        "max_steps": "max_steps",
-        "max_train_minutes": "max_train_minutes",
-    }
-    checkpoint = {names[flag]: value for flag, value in flags.items() if flag in names and value is not None}
-    if flags.get("use_best_hyperparameters"):
+    checkpoint = _settings_given(flags)
+    if flags["output_path"]:
+        checkpoint["output_path"] = flags["output_path"]
+    if flags["use_best_hyperparameters"]:
         checkpoint["use_best_hyperparameters"] = True
     checkpoint["run_name"] = job_name
     run_config: dict = {"ops": {"layoutlm_checkpoint": {"config": checkpoint}}}
@@ -117,27 +125,20 @@ def train(job_name: str, dynamo_table: str | None, dagster_url: str | None, wait
 @main.command()
 @click.option("--study", default="layoutlm", show_default=True, help="The Optuna study (and partition prefix).")
 @click.option("--trials", type=int, default=12, show_default=True)
-@click.option("--epochs", type=float, default=4, show_default=True, help="Per trial, 3 to 5.")
 @click.option("--lr-min", type=float, default=1e-5, show_default=True)
 @click.option("--lr-max", type=float, default=5e-5, show_default=True)
 @click.option("--effective-batch-sizes", default="8,16,32", show_default=True, help="Comma-separated.")
 @click.option("--max-per-device-batch-size", type=int, default=None, help="Default: 32 on a GPU, 8 on a CPU.")
 @click.option("--search-max-grad-norm", is_flag=True, help="Also search max_grad_norm (0, 0.5, 1).")
-@click.option(
-    "--pretrained",
-    default=None,
-    callback=_base_model_argument,
-    help="Base model: hub id, local folder, s3:// prefix or 'compact'.",
-)
-@click.option("--max-steps", type=int, default=None, help="Per trial: stop after this many optimizer steps.")
-@click.option("--seed", type=int, default=42, show_default=True)
+@_training_flags(exclude=training_options.SEARCHED_BY_SWEEPS)
 @_dagster_url_option
 def sweep(study: str, trials: int, dagster_url: str | None, wait: bool, **flags) -> None:
-    """Add TRIALS partitions of sweep_trial, run each as its own Dagster run, then pick best_hyperparameters."""
+    """Add TRIALS partitions of sweep_trial, run each as its own Dagster run, then pick best_hyperparameters.
+
+    Each trial trains 4 epochs unless --epochs says otherwise (3 to 5)."""
     trial_config = {
+        **_settings_given(flags),
         "study": study,
-        "seed": flags["seed"],
-        "epochs": flags["epochs"],
         "learning_rate": [flags["lr_min"], flags["lr_max"]],
         "effective_batch_sizes": [int(size) for size in flags["effective_batch_sizes"].split(",")],
     }
@@ -145,10 +146,6 @@ def sweep(study: str, trials: int, dagster_url: str | None, wait: bool, **flags)
         trial_config["max_per_device_batch_size"] = flags["max_per_device_batch_size"]
     if flags["search_max_grad_norm"]:
         trial_config["max_grad_norms"] = [0.0, 0.5, 1.0]
-    if flags["pretrained"]:
-        trial_config["base_model"] = flags["pretrained"]
-    if flags["max_steps"] is not None:
-        trial_config["max_steps"] = flags["max_steps"]
     trial_run_config = {"ops": {"sweep_trial": {"config": trial_config}}}
     best_run_config = {"ops": {"best_hyperparameters": {"config": {"study": study}}}}
     from receipt_pipeline.defs.sweep import SWEEP_TRIALS, trial_partition

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from receipt_pipeline.core import bio
-from receipt_pipeline.core.training import TrainingOptions, train
+from receipt_pipeline.core.training import train
+from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline_tests.training_data import build_manifest, sroie_frame, sroie_subset
 
 

@@ -1,22 +1,63 @@
-"""Copies of training checkpoints under an ``s3://`` prefix: safetensors and JSON only, marker last.
+"""A training run's checkpoint folders: complete ones marked, half-written ones removed, and copies under an
+``s3://`` prefix (safetensors and JSON only, marker last).
 
-A checkpoint on S3 counts only once its ``COMPLETE`` marker is there, and the marker is uploaded after
-every other file, so an upload cut short is never resumed from. Optimizer, scheduler and RNG states
-are pickles and stay local: resuming from S3 restores the weights and the Trainer's progress (step,
-best metric, early-stopping patience), and the optimizer's moments start again. A checkpoint on S3
-whose weights are pickles only is refused: nothing from S3 is ever unpickled.
+A run folder holds ``checkpoints/checkpoint-<step>/`` as the Trainer writes them and ``best/``. A checkpoint
+counts once its ``COMPLETE`` marker is there, written (or uploaded) after every other file, so one cut short
+is never resumed from. Optimizer, scheduler and RNG states are pickles and stay local: resuming from S3
+restores the weights and the Trainer's progress (step, best metric, early-stopping patience), and the
+optimizer's moments start again. A checkpoint on S3 whose weights are pickles only is refused: nothing from
+S3 is ever unpickled.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 
 from receipt_pipeline.core import storage
 from receipt_pipeline.core.base_model import UNSAFE_SUFFIXES
 from receipt_pipeline.core.errors import ExplainedError
-from receipt_pipeline.core.training import CHECKPOINTS, COMPLETE_MARKER
 
+COMPLETE_MARKER = "COMPLETE"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
 SAFE_SUFFIXES = (".json", ".safetensors", ".txt")
+
+
+# ------------------------------------------------------------------------------------------ local folders
+
+
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    folder = Path(run_dir) / CHECKPOINTS
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def latest_complete_checkpoint(run_dir: str | Path) -> Path | None:
+    complete = [p for p in checkpoint_dirs(run_dir) if (p / COMPLETE_MARKER).is_file()]
+    return complete[-1] if complete else None
+
+
+def remove_incomplete_checkpoints(run_dir: str | Path) -> list[str]:
+    """Checkpoints a crash left half-written: never resumed from, removed before training goes on."""
+    removed = []
+    for path in checkpoint_dirs(run_dir):
+        if not (path / COMPLETE_MARKER).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
+def mark_complete(folder: Path, payload: dict) -> None:
+    """Writes the folder's ``COMPLETE`` marker, atomically: the last file of a checkpoint."""
+    tmp = folder / f".{COMPLETE_MARKER}.partial"
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, folder / COMPLETE_MARKER)
+
+
+# ------------------------------------------------------------------------------------------ copies in S3
 
 
 class CheckpointError(ExplainedError, RuntimeError):

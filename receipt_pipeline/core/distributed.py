@@ -24,11 +24,11 @@ from pathlib import Path
 from receipt_pipeline.core.training import (
     TrainingError,
     TrainingInterrupted,
-    TrainingOptions,
     TrainingResult,
     is_main_process,
     train,
 )
+from receipt_pipeline.core.training_options import TrainingOptions
 
 JOB_FILE = "distributed_job.json"
 RESULT_FILE = "distributed_result.json"

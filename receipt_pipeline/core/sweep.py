@@ -15,7 +15,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from receipt_pipeline.core.training import TrainingOptions
+from receipt_pipeline.core.training_options import TrainingOptions
 
 PARTITION_ATTR = "partition"
 EPOCHS_ATTR = "epochs"

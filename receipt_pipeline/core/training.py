@@ -20,27 +20,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from receipt_pipeline.core import base_model
-from receipt_pipeline.core.batching import LengthBucketSampler, TokenLoss, WindowCollator
+from receipt_pipeline.core import base_model, checkpoint_store
+from receipt_pipeline.core.batching import TokenLoss, WindowCollator
 from receipt_pipeline.core.box_augmentation import BoxAugmentation
 from receipt_pipeline.core.errors import ExplainedError
-from receipt_pipeline.core.evaluation import entity_scores, receipt_tags, true_receipt_tags
+from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline.core.windows import WindowSet
 
-COMPLETE_MARKER = "COMPLETE"
-CHECKPOINTS = "checkpoints"
-BEST = "best"
 WEIGHTS_FILE = "model.safetensors"
-# Defaults follow the base model. LayoutLM-base keeps the earlier system's settings. The compact model
-# wants a higher rate and more, smaller steps: on SROIE at the same epochs, batch 8 x 4 at 1e-4 scored
-# field F1 0.60 and 4 x 1 at 2e-4 scored 0.85; batch 4 is also faster on CPU (BENCHMARKS.md).
-BASE_DEFAULTS = {"per_device_batch_size": 8, "gradient_accumulation_steps": 4, "learning_rate": 5e-5}
-DEFAULTS_BY_BASE_MODEL = {
-    base_model.COMPACT: {"per_device_batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 2e-4},
-}
 
 
 class TrainingError(ExplainedError, RuntimeError):
@@ -49,44 +39,6 @@ class TrainingError(ExplainedError, RuntimeError):
 
 class TrainingInterrupted(TrainingError):
     """A signal stopped training after a checkpoint was saved; a re-run resumes from it."""
-
-
-@dataclass
-class TrainingOptions:
-    base_model: str = base_model.COMPACT
-    epochs: float = 10
-    # None: the base model's default (DEFAULTS_BY_BASE_MODEL, else BASE_DEFAULTS)
-    per_device_batch_size: int | None = None
-    gradient_accumulation_steps: int | None = None
-    learning_rate: float | None = None
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    label_smoothing: float = 0.0
-    max_grad_norm: float = 1.0
-    early_stopping_patience: int = 3
-    seed: int = 42
-    auto_batch_size: bool = False
-    augment: bool = False
-    group_by_length: bool = True
-    max_steps: int = -1  # stop after this many optimizer steps (tests, benchmarks); -1: epochs decide
-    eval_steps: int | None = None  # evaluate and save every this many steps instead of every epoch
-    max_train_seconds: float | None = None  # stop (after a save) when training has run this long
-    dataloader_workers: int = 2  # CUDA only
-    dropout: float | None = None  # hidden and attention dropout; None: the base model's own
-    # every window padded to this many tokens instead of the batch's longest (the earlier system's
-    # setting, kept to measure against; BENCHMARKS.md)
-    pad_to_length: int | None = None
-
-    def resolved(self, gpu: bool = False) -> TrainingOptions:
-        """These options with every base-model default filled in. On a ``gpu``, where neither the batch nor the
-        accumulation was set, the default accumulation is folded into the batch: the same optimizer steps in one
-        pass, since a GPU takes as long for batch 8 as for 32 (BENCHMARKS.md, GPU sweep)."""
-        defaults = DEFAULTS_BY_BASE_MODEL.get(self.base_model, BASE_DEFAULTS)
-        if gpu and self.per_device_batch_size is None and self.gradient_accumulation_steps is None:
-            folded = defaults["per_device_batch_size"] * defaults["gradient_accumulation_steps"]
-            defaults = {**defaults, "per_device_batch_size": folded, "gradient_accumulation_steps": 1}
-        unset = {name: value for name, value in defaults.items() if getattr(self, name) is None}
-        return replace(self, **unset)
 
 
 @dataclass
@@ -110,28 +62,7 @@ class TrainingResult:
     hyperparameters: dict = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------------ checkpoints
-
-
-def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
-    folder = Path(run_dir) / CHECKPOINTS
-    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def latest_complete_checkpoint(run_dir: str | Path) -> Path | None:
-    complete = [p for p in checkpoint_dirs(run_dir) if (p / COMPLETE_MARKER).is_file()]
-    return complete[-1] if complete else None
-
-
-def remove_incomplete_checkpoints(run_dir: str | Path) -> list[str]:
-    """Checkpoints a crash left half-written: never resumed from, removed before training goes on."""
-    removed = []
-    for path in checkpoint_dirs(run_dir):
-        if not (path / COMPLETE_MARKER).is_file():
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
-    return removed
+# ------------------------------------------------------------------------------------------ the run
 
 
 def check_label_list(checkpoint: Path, tags: list[str]) -> None:
@@ -204,19 +135,69 @@ def _sum_over_processes(count: int) -> int:
     return int(value.item())
 
 
-def _write_marker(folder: Path, payload: dict) -> None:
-    tmp = folder / f".{COMPLETE_MARKER}.partial"
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, folder / COMPLETE_MARKER)
-
-
-# ------------------------------------------------------------------------------------------ the run
-
-
 def gpu_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def build_trainer(
+    manifest: dict,
+    run_dir: Path,
+    options: TrainingOptions,
+    *,
+    cuda: bool = False,
+    resume: Path | None = None,
+    on_evaluate: Callable[[dict], None] | None = None,
+    sync: Callable[[Path, str], None] | None = None,
+    tokenizer=None,
+):
+    """The Trainer for resolved ``options``, with the callback that watches it and the checked tokenizer:
+    every setting reaches the Trainer here (the test of that builds one and looks)."""
+    import torch
+    from transformers import EarlyStoppingCallback, set_seed
+
+    from receipt_pipeline.core.model import load_model
+    from receipt_pipeline.core.trainer import TrainingProgress, WindowTrainer, entity_f1_metrics, training_arguments
+
+    tags: list[str] = manifest["tags"]
+    augment = BoxAugmentation(seed=options.seed) if options.augment else None
+    train_set = WindowSet(manifest, "train", augment=augment)
+    validation_set = WindowSet(manifest, "validation")
+    if not len(train_set) or not len(validation_set):
+        raise TrainingError(f"no windows to train on: train {len(train_set)}, validation {len(validation_set)}")
+    if tokenizer is None:
+        tokenizer = matching_tokenizer(options.base_model, manifest)
+    else:
+        check_tokenizer(tokenizer, options.base_model, manifest)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    progress = TrainingProgress(tags, options.max_train_seconds, _on_any_process, on_evaluate=on_evaluate, sync=sync)
+    # a new classification head draws from the global generator: seeded, every run (and every torchrun
+    # process) starts from the same weights
+    set_seed(options.seed)
+    model = load_model(options.base_model, tags) if resume is None else load_model(str(resume), tags)
+    if options.dropout is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = options.dropout
+    trainer = WindowTrainer(
+        model=model,
+        args=training_arguments(options, run_dir, cuda),
+        train_dataset=train_set,
+        eval_dataset=validation_set,
+        data_collator=WindowCollator(
+            tokenizer.pad_token_id, multiple_of=8 if cuda else None, pad_to_length=options.pad_to_length
+        ),
+        compute_metrics=entity_f1_metrics(validation_set),
+        compute_loss_func=TokenLoss(options.label_smoothing),
+        preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience), progress],
+        length_buckets=options.group_by_length,
+        sampler_seed=options.seed,
+    )
+    return trainer, progress, tokenizer
 
 
 def train(
@@ -231,156 +212,17 @@ def train(
     """Train on the manifest's train windows, select on validation F1, and leave the best model in
     ``<run_dir>/best``. ``sync(folder, name)`` is called for every complete checkpoint and for the best."""
     import torch
-    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
-
-    from receipt_pipeline.core.model import load_model
 
     cuda = gpu_available()
     options = (options or TrainingOptions()).resolved(gpu=cuda)
     run_dir = Path(run_dir)
-    tags: list[str] = manifest["tags"]
     main_process = is_main_process()  # under torchrun every process runs this function
-    removed = remove_incomplete_checkpoints(run_dir) if main_process else []
-    resume = latest_complete_checkpoint(run_dir)
+    removed = checkpoint_store.remove_incomplete_checkpoints(run_dir) if main_process else []
+    resume = checkpoint_store.latest_complete_checkpoint(run_dir)
     if resume is not None:
-        check_label_list(resume, tags)
-
-    train_set = WindowSet(manifest, "train", augment=BoxAugmentation(seed=options.seed) if options.augment else None)
-    validation_set = WindowSet(manifest, "validation")
-    if not len(train_set) or not len(validation_set):
-        raise TrainingError(f"no windows to train on: train {len(train_set)}, validation {len(validation_set)}")
-    if tokenizer is None:
-        tokenizer = matching_tokenizer(options.base_model, manifest)
-    else:
-        check_tokenizer(tokenizer, options.base_model, manifest)
-
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    bf16 = cuda and torch.cuda.is_bf16_supported()
-    by_steps = options.eval_steps is not None
-    args = TrainingArguments(
-        output_dir=str(run_dir / CHECKPOINTS),
-        num_train_epochs=options.epochs,
-        max_steps=options.max_steps,
-        per_device_train_batch_size=options.per_device_batch_size,
-        per_device_eval_batch_size=options.per_device_batch_size * 2,
-        gradient_accumulation_steps=options.gradient_accumulation_steps,
-        learning_rate=options.learning_rate,
-        weight_decay=options.weight_decay,
-        warmup_steps=options.warmup_ratio,
-        max_grad_norm=options.max_grad_norm,
-        seed=options.seed,
-        auto_find_batch_size=options.auto_batch_size,
-        train_sampling_strategy="group_by_length" if options.group_by_length else "random",
-        eval_strategy="steps" if by_steps else "epoch",
-        save_strategy="steps" if by_steps else "epoch",
-        eval_steps=options.eval_steps,
-        save_steps=options.eval_steps or 500,
-        logging_strategy="steps",
-        logging_steps=1 if options.max_steps and 0 < options.max_steps <= 50 else 10,
-        load_best_model_at_end=True,
-        metric_for_best_model="f1",
-        greater_is_better=True,
-        save_total_limit=2,
-        bf16=bf16,
-        fp16=cuda and not bf16,
-        tf32=True if cuda else None,
-        dataloader_pin_memory=cuda,
-        dataloader_num_workers=options.dataloader_workers if cuda else 0,
-        use_cpu=not cuda,
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        disable_tqdm=False,
-    )
-
-    def compute_metrics(prediction) -> dict:
-        predicted = prediction.predictions
-        windows = [predicted[i, :n] for i, n in enumerate(validation_set.lengths)]
-        scores = entity_scores(true_receipt_tags(validation_set), receipt_tags(validation_set, windows))
-        overall = scores["overall"]
-        return {"precision": overall["precision"], "recall": overall["recall"], "f1": overall["f1"]}
-
-    class Progress(TrainerCallback):
-        def __init__(self) -> None:
-            self.evaluations: list[dict] = []
-            self.losses: list[float] = []
-            self.stop_requested: str | None = None
-            self.started = time.monotonic()
-            self.step_started = self.started
-            self.step_seconds = 0.0
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.step_started = time.monotonic()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.losses.append(float(logs["loss"]))
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            record = {"step": state.global_step, "epoch": state.epoch, **(metrics or {})}
-            record = json.loads(json.dumps(record, default=float))  # plain numbers: numpy's do not serialise
-            self.evaluations.append(record)
-            if on_evaluate:
-                on_evaluate(record)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.step_seconds += time.monotonic() - self.step_started
-            budget = options.max_train_seconds
-            out_of_time = bool(budget) and time.monotonic() - self.started > budget
-            interrupted, out_of_time = _on_any_process(bool(self.stop_requested), out_of_time)
-            if interrupted or out_of_time:
-                self.stop_requested = self.stop_requested or ("SIGTERM" if interrupted else None)
-                control.should_save = True
-                control.should_evaluate = not interrupted  # a spot notice leaves no time to evaluate
-                control.should_training_stop = True
-
-        def on_save(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            _write_marker(folder, {"step": state.global_step, "epoch": state.epoch, "tags": tags})
-            if sync:
-                sync(folder, folder.name)
-
-    class WindowTrainer(Trainer):
-        padded_tokens = 0
-
-        def _get_train_sampler(self, train_dataset=None):
-            if not options.group_by_length:
-                return super()._get_train_sampler(train_dataset)
-            return LengthBucketSampler(train_set.lengths, self._train_batch_size, options.seed)
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            self.padded_tokens += int(inputs["input_ids"].numel())
-            return super().training_step(model, inputs, num_items_in_batch)
-
-        def _get_eval_sampler(self, eval_dataset):
-            # predictions merge back to receipts by window position: evaluation keeps the stored order
-            # (the Trainer would otherwise group evaluation windows by length too)
-            return torch.utils.data.SequentialSampler(eval_dataset)
-
-    progress = Progress()
-    # a new classification head draws from the global generator: seeded, every run (and every torchrun
-    # process) starts from the same weights
-    set_seed(options.seed)
-    model = load_model(options.base_model, tags) if resume is None else load_model(str(resume), tags)
-    if options.dropout is not None:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = options.dropout
-    trainer = WindowTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=validation_set,
-        data_collator=WindowCollator(
-            tokenizer.pad_token_id, multiple_of=8 if cuda else None, pad_to_length=options.pad_to_length
-        ),
-        compute_metrics=compute_metrics,
-        compute_loss_func=TokenLoss(options.label_smoothing),
-        preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience), progress],
+        check_label_list(resume, manifest["tags"])
+    trainer, progress, tokenizer = build_trainer(
+        manifest, run_dir, options, cuda=cuda, resume=resume, on_evaluate=on_evaluate, sync=sync, tokenizer=tokenizer
     )
 
     def request_stop(signum, frame):
@@ -403,11 +245,11 @@ def train(
     if progress.stop_requested:
         raise TrainingInterrupted(
             f"training stopped by {progress.stop_requested} at step {trainer.state.global_step}; "
-            f"checkpoint saved in {run_dir / CHECKPOINTS}, a re-run resumes from it"
+            f"checkpoint saved in {run_dir / checkpoint_store.CHECKPOINTS}, a re-run resumes from it"
         )
 
-    best_dir = run_dir / BEST
-    staging = run_dir / f".{BEST}.partial"
+    best_dir = run_dir / checkpoint_store.BEST
+    staging = run_dir / f".{checkpoint_store.BEST}.partial"
     if main_process:
         shutil.rmtree(staging, ignore_errors=True)
     trainer.save_model(str(staging))
@@ -415,7 +257,7 @@ def train(
     if main_process:
         _save_best(trainer, tokenizer, staging, best_dir, manifest, hyperparameters)
         if sync:
-            sync(best_dir, BEST)
+            sync(best_dir, checkpoint_store.BEST)
 
     real_tokens = int(trainer.state.num_input_tokens_seen or 0)
     if cuda:
@@ -455,7 +297,9 @@ def _save_best(trainer, tokenizer, staging: Path, best_dir: Path, manifest: dict
     trainer.state.save_to_json(str(staging / "trainer_state.json"))
     (staging / "label_map.json").write_text(json.dumps({"tags": tags, "labels": manifest["labels"]}, indent=2))
     (staging / "training_options.json").write_text(json.dumps(hyperparameters, indent=2))
-    _write_marker(staging, {"step": trainer.state.global_step, "best_metric": trainer.state.best_metric, "tags": tags})
+    checkpoint_store.mark_complete(
+        staging, {"step": trainer.state.global_step, "best_metric": trainer.state.best_metric, "tags": tags}
+    )
     shutil.rmtree(best_dir, ignore_errors=True)
     os.replace(staging, best_dir)
 

@@ -6,33 +6,12 @@ from receipt_pipeline.core import promotion, storage
 from receipt_pipeline.defs.resources import PipelineSettings
 
 GROUP = "promotion"
-CHECK_F1 = "f1_not_below_production"
 
 
-def _decision(settings: PipelineSettings, report: dict) -> promotion.Decision:
+def promotion_decision(settings: PipelineSettings, report: dict) -> promotion.Decision:
+    """Whether the report's checkpoint may replace the production model."""
     current = promotion.current_production(settings.production_model_root)
     return promotion.decide(float(report[promotion.METRIC]), current, settings.promotion_tolerance)
-
-
-@dg.asset_check(
-    asset="evaluation_report",
-    name=CHECK_F1,
-    blocking=True,
-    description="The report's entity F1 is not lower than the production model's by more than the deployment's "
-    "tolerance (RECEIPT_PIPELINE_PROMOTION_TOLERANCE); blocks production_model when it is.",
-)
-def f1_not_below_production(settings: PipelineSettings, evaluation_report: dict) -> dg.AssetCheckResult:
-    decision = _decision(settings, evaluation_report)
-    return dg.AssetCheckResult(
-        passed=decision.passed,
-        description=decision.reason,
-        metadata={
-            "candidate_f1": decision.candidate_f1,
-            "production_f1": decision.production_f1 if decision.production_f1 is not None else float("nan"),
-            "tolerance": decision.tolerance,
-            "checkpoint_version": evaluation_report.get("checkpoint", {}).get("version", ""),
-        },
-    )
 
 
 @dg.asset(
@@ -55,7 +34,7 @@ def production_model(
             f"({layoutlm_checkpoint['path']}): materialise evaluation_report first"
         )
     # the blocking check stops this asset in the run that scored the model; this covers a run without the check
-    decision = _decision(settings, evaluation_report)
+    decision = promotion_decision(settings, evaluation_report)
     if not decision.passed:
         raise dg.Failure(f"not promoted: {decision.reason}")
     root = settings.production_model_root

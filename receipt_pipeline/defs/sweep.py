@@ -3,12 +3,14 @@
 import json
 
 import dagster as dg
+import pydantic
 from pydantic import Field
 
-from receipt_pipeline.core import storage, sweep
+from receipt_pipeline.core import storage, sweep, training_options
 from receipt_pipeline.core.checkpoint_store import CheckpointSync
 from receipt_pipeline.core.settings import SettingsError
-from receipt_pipeline.core.training import TrainingInterrupted, TrainingOptions, gpu_available, train
+from receipt_pipeline.core.training import TrainingInterrupted, gpu_available, train
+from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline.defs.resources import PipelineSettings
 from receipt_pipeline.defs.training import GPU_POOL, run_dir_for
 from receipt_pipeline.launcher import tags
@@ -22,12 +24,8 @@ def trial_partition(study: str, index: int) -> str:
     return f"{study}-{index:03d}"
 
 
-class SweepTrialConfig(dg.Config):
+class _SearchConfig(dg.Config):
     study: str = Field(default=DEFAULT_STUDY, description="The Optuna study; partitions are named <study>-<NNN>.")
-    seed: int = Field(default=42, description="Seed of the TPE sampler and of training.")
-    base_model: str | None = Field(default=None, description="Default: the deployment's base model.")
-    epochs: float = Field(default=4, ge=3, le=5, description="A short training: 3 to 5 epochs.")
-    early_stopping_patience: int = Field(default=2, ge=1)
     max_per_device_batch_size: int | None = Field(
         default=None, ge=1, description="The largest batch a device holds. Default: 32 on a GPU, 8 on a CPU."
     )
@@ -37,9 +35,6 @@ class SweepTrialConfig(dg.Config):
     label_smoothing: list[float] = Field(default=[0.0, 0.1])
     effective_batch_sizes: list[int] = Field(default=[8, 16, 32], description="Batch size x accumulation.")
     max_grad_norms: list[float] = Field(default=[], description="Searched when set; 0 turns clipping off.")
-    max_steps: int = Field(default=-1, description="Stop after this many optimizer steps; -1: epochs decide.")
-    eval_steps: int | None = Field(default=None, ge=1)
-    max_train_minutes: float | None = Field(default=None, gt=0, description="Default: the deployment's budget.")
 
     def space(self) -> sweep.SearchSpace:
         return sweep.SearchSpace(
@@ -50,6 +45,19 @@ class SweepTrialConfig(dg.Config):
             effective_batch_sizes=tuple(self.effective_batch_sizes),
             max_grad_norms=tuple(self.max_grad_norms),
         )
+
+
+# the search space, and every training setting that is not searched (declared once, in core.training_options),
+# with a trial's shorter defaults
+SweepTrialConfig = pydantic.create_model(
+    "SweepTrialConfig",
+    __base__=_SearchConfig,
+    **training_options.config_fields(
+        exclude=training_options.SEARCHED_BY_SWEEPS,
+        defaults={"epochs": 4, "early_stopping_patience": 2},
+        bounds={"epochs": {"ge": 3, "le": 5}, "early_stopping_patience": {"ge": 1}},
+    ),
+)
 
 
 def _study(settings: PipelineSettings, name: str, seed: int):
@@ -86,15 +94,10 @@ def sweep_trial(
     done = sweep.finished_trial(study, partition)
     if done is None:
         number, params = sweep.ask(study, config.space(), partition)
-        budget = config.max_train_minutes or settings.max_train_minutes
-        base = TrainingOptions(
-            base_model=config.base_model or settings.base_model,
-            epochs=config.epochs,
-            early_stopping_patience=config.early_stopping_patience,
-            seed=config.seed,
-            max_steps=config.max_steps,
-            eval_steps=config.eval_steps,
-            max_train_seconds=budget * 60 if budget else None,
+        base = TrainingOptions.from_config(  # the search ranges share names with the settings they search
+            config.model_dump(exclude=set(training_options.SEARCHED_BY_SWEEPS)),
+            base_model=settings.base_model,
+            max_train_minutes=settings.max_train_minutes,
         )
         max_batch = config.max_per_device_batch_size or sweep.default_max_per_device_batch(gpu_available())
         options = sweep.options_for(params, base, max_batch)

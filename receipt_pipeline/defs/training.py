@@ -1,78 +1,60 @@
-"""The trained checkpoint and its evaluation report."""
+"""The trained checkpoint: a training run on the windows, on a GPU instance in prod."""
 
 import datetime as dt
-import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
 import dagster as dg
-import pyarrow as pa
+import pydantic
 from pydantic import Field
 
-from receipt_pipeline.core import bio, distributed, storage, sweep, word_table
+from receipt_pipeline.core import distributed, storage, sweep, training_options, word_table
 from receipt_pipeline.core.checkpoint_store import CheckpointSync, restore_latest
-from receipt_pipeline.core.evaluation import confusion_png, evaluate
-from receipt_pipeline.core.training import (
-    TrainingError,
-    TrainingOptions,
-    gpu_available,
-    matching_tokenizer,
-    train,
-    weights_digest,
-)
+from receipt_pipeline.core.training import TrainingError, gpu_available, matching_tokenizer, train, weights_digest
+from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline.defs.resources import PipelineSettings
 from receipt_pipeline.launcher import ec2, tags
 
 TRAINING_GROUP = "training"
 GPU_POOL = "gpu"
-EVALUATION_GROUP = "evaluation"
 
 
-class LayoutLMCheckpointConfig(dg.Config):
-    base_model: str | None = Field(
-        default=None,
-        description="A hub id (e.g. microsoft/layoutlm-base-uncased), a local folder, an s3:// prefix, or "
-        "'compact'; default: the deployment's base model. Must match the windows' tokenizer.",
-    )
-    epochs: float = Field(default=10, gt=0)
-    per_device_batch_size: int | None = Field(default=None, ge=1, description="Default: 8, or 4 for 'compact'.")
-    gradient_accumulation_steps: int | None = Field(default=None, ge=1, description="Default: 4, or 1 for 'compact'.")
-    learning_rate: float | None = Field(default=None, gt=0, description="Default: 5e-5, or 2e-4 for 'compact'.")
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    early_stopping_patience: int = Field(default=3, ge=1)
-    seed: int = 42
-    auto_batch_size: bool = Field(default=False, description="Halve the batch on out-of-memory until it fits.")
-    augment: bool = Field(default=False, description="Rotate, scale and jitter train boxes as they are read.")
-    max_steps: int = Field(default=-1, description="Stop after this many optimizer steps; -1: epochs decide.")
-    eval_steps: int | None = Field(default=None, ge=1, description="Evaluate and save every N steps, not epochs.")
-    max_train_minutes: float | None = Field(
-        default=None,
-        gt=0,
-        description="Stop, after a save, past this time; default: the deployment's budget "
-        "(2.5 minutes locally, none in prod; RECEIPT_PIPELINE_MAX_TRAIN_MINUTES).",
-    )
-    run_name: str | None = Field(
-        default=None, description="The run folder's name; default: the Dagster run's root id, so retries resume."
-    )
-    output_path: str | None = Field(
-        default=None, description="Where run folders go: a folder or s3:// prefix; default: <artifacts>/runs."
-    )
-    processes: int | None = Field(
-        default=None,
-        ge=1,
-        description="Training processes on the instance, under torchrun (DDP); default: one per GPU, so an "
-        "instance type with several GPUs trains on all of them. The batch size is per process.",
-    )
-    use_best_hyperparameters: bool = Field(
-        default=False,
-        description="Take learning rate, weight decay, warmup, label smoothing, effective batch (and max grad "
-        "norm, if searched) from the materialised best_hyperparameters; epochs and the rest from this config.",
-    )
+# every training setting comes from core.training_options, declared once; these four are the asset's own
+LayoutLMCheckpointConfig = pydantic.create_model(
+    "LayoutLMCheckpointConfig",
+    __base__=dg.Config,
+    __doc__="layoutlm_checkpoint's config: every training setting, plus where the run goes.",
+    **training_options.config_fields(),
+    run_name=(
+        str | None,
+        Field(
+            default=None, description="The run folder's name; default: the Dagster run's root id, so retries resume."
+        ),
+    ),
+    output_path=(
+        str | None,
+        Field(default=None, description="Where run folders go: a folder or s3:// prefix; default: <artifacts>/runs."),
+    ),
+    processes=(
+        int | None,
+        Field(
+            default=None,
+            ge=1,
+            description="Training processes on the instance, under torchrun (DDP); default: one per GPU, so an "
+            "instance type with several GPUs trains on all of them. The batch size is per process.",
+        ),
+    ),
+    use_best_hyperparameters=(
+        bool,
+        Field(
+            default=False,
+            description="Take learning rate, weight decay, warmup, label smoothing, effective batch (and max grad "
+            "norm, if searched) from the materialised best_hyperparameters; epochs and the rest from this config.",
+        ),
+    ),
+)
 
 
 def run_dir_for(settings: PipelineSettings, run_name: str, runs_root: str | None = None) -> tuple[Path, str | None]:
@@ -104,9 +86,11 @@ def layoutlm_checkpoint(
     windowed_tensors: dict,
 ) -> dg.Output[dict]:
     manifest = windowed_tensors
-    source = config.base_model or settings.base_model
+    options = TrainingOptions.from_config(
+        config.model_dump(), base_model=settings.base_model, max_train_minutes=settings.max_train_minutes
+    )
     try:  # before anything is restored or started: a base model whose tokenizer cut other windows is refused
-        tokenizer = matching_tokenizer(source, manifest)
+        tokenizer = matching_tokenizer(options.base_model, manifest)
     except TrainingError as error:
         raise dg.Failure(str(error)) from error
     run_name = config.run_name or context.run.root_run_id or context.run.run_id
@@ -116,25 +100,6 @@ def layoutlm_checkpoint(
         restored = restore_latest(run_uri, run_dir)
         if restored:
             context.log.info(f"resuming from {run_uri}/{restored.name}")
-    budget_minutes = config.max_train_minutes or settings.max_train_minutes
-    options = TrainingOptions(
-        base_model=source,
-        epochs=config.epochs,
-        per_device_batch_size=config.per_device_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        warmup_ratio=config.warmup_ratio,
-        label_smoothing=config.label_smoothing,
-        max_grad_norm=config.max_grad_norm,
-        early_stopping_patience=config.early_stopping_patience,
-        seed=config.seed,
-        auto_batch_size=config.auto_batch_size,
-        augment=config.augment,
-        max_steps=config.max_steps,
-        eval_steps=config.eval_steps,
-        max_train_seconds=budget_minutes * 60 if budget_minutes else None,
-    )
 
     def log_evaluation(record: dict) -> None:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
@@ -224,16 +189,6 @@ def _table_snapshot_metadata(snapshot: dict) -> dict:
     }
 
 
-def _checkpoint_reference(checkpoint: dict) -> dict:
-    """What a report or a promotion says of the checkpoint it used: enough to find it and its data."""
-    keys = ("path", "run", "version", "dagster_run_id", "windowed_tensors_version", "bio_receipt_split_version")
-    return {key: checkpoint.get(key, "") for key in keys} | {"source_snapshots": checkpoint.get("source_snapshots", {})}
-
-
-def _digest(document: dict) -> str:
-    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:24]
-
-
 def _gpu_instance_metadata(run_tags: dict[str, str]) -> dict:
     """The EC2 instance the launcher recorded on the run, and its cost so far: hourly price x billed time."""
     instance_id = run_tags.get(tags.INSTANCE_ID)
@@ -249,72 +204,3 @@ def _gpu_instance_metadata(run_tags: dict[str, str]) -> dict:
         "gpu_hourly_price_usd": float(price) if price else float("nan"),
         "gpu_cost_usd": cost if cost is not None else float("nan"),
     }
-
-
-class EvaluationReportConfig(dg.Config):
-    split: str = Field(default="test", description="Which split of the windows to score.")
-    sroie_labels: dict[str, str] = Field(
-        default=dict(bio.DEFAULT_SROIE_LABELS), description="SROIE field labels as the model names them."
-    )
-
-
-@dg.asset(
-    group_name=EVALUATION_GROUP,
-    code_version="2",
-    kinds={"seqeval"},
-    description="Entity-level (seqeval strict IOB2) and SROIE field-level scores of the checkpoint on the "
-    "test windows, with a confusion matrix; Markdown, JSON and PNG.",
-)
-def evaluation_report(
-    context: dg.AssetExecutionContext,
-    config: EvaluationReportConfig,
-    settings: PipelineSettings,
-    layoutlm_checkpoint: dict,
-    windowed_tensors: dict,
-    bio_receipt_split: pa.Table,
-) -> dg.Output[dict]:
-    rows = bio_receipt_split.filter(pa.compute.equal(bio_receipt_split.column("split"), config.split))
-    words = dict(zip(rows.column("key").to_pylist(), rows.column("words").to_pylist(), strict=True))
-    report = evaluate(
-        layoutlm_checkpoint["path"],
-        windowed_tensors,
-        split=config.split,
-        words=words,
-        # the field strings came with the receipts, through sroie_receipts and the split: the lineage's own
-        references=bio.reference_fields(rows),
-        sroie_labels=config.sroie_labels,
-    )
-    folder = storage.join(settings.artifact_root, "reports", context.run.run_id)
-    document = {**report.to_dict(), "checkpoint": _checkpoint_reference(layoutlm_checkpoint)}
-    storage.write_bytes(storage.join(folder, "report.md"), report.markdown().encode())
-    storage.write_bytes(storage.join(folder, "report.json"), json.dumps(document, indent=2).encode())
-    import numpy as np
-
-    png = confusion_png(report.confusion_labels, np.asarray(report.confusion))
-    storage.write_bytes(storage.join(folder, "confusion.png"), png)
-
-    headline = report.headline()
-    previous = context.instance.get_latest_materialization_event(context.asset_key)
-    change = {}
-    if previous and previous.asset_materialization:
-        before = previous.asset_materialization.metadata.get("entity_f1")
-        if before is not None:
-            change["entity_f1_change"] = headline["entity_f1"] - float(before.value)
-    context.log.info(f"evaluation of {layoutlm_checkpoint['path']}: {json.dumps(headline)}")
-    return dg.Output(
-        {**document, "report_folder": folder, "dagster_run_id": context.run.run_id},
-        # the same checkpoint scored on the same windows gives the same report
-        data_version=dg.DataVersion(_digest(report.to_dict())),
-        metadata={
-            **headline,
-            **change,
-            "report": dg.MetadataValue.md(report.markdown()),
-            "report_folder": dg.MetadataValue.path(folder),
-            "confusion_matrix": dg.MetadataValue.path(storage.join(folder, "confusion.png")),
-            "checkpoint": dg.MetadataValue.path(layoutlm_checkpoint["path"]),
-            "checkpoint_run": layoutlm_checkpoint["run"],
-            "checkpoint_version": layoutlm_checkpoint.get("version", ""),
-            "receipts": report.receipts,
-            "windows": report.windows,
-        },
-    )

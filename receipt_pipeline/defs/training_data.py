@@ -10,7 +10,7 @@ from pydantic import Field
 from receipt_pipeline.core import bio, storage, word_table
 from receipt_pipeline.core.base_model import load_tokenizer, tokenizer_fingerprint
 from receipt_pipeline.core.batching import padding_efficiency
-from receipt_pipeline.core.training import TrainingOptions
+from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline.core.windows import WindowOptions, folder_name, write_windows
 from receipt_pipeline.defs.resources import PipelineSettings
 

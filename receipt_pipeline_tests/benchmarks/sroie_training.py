@@ -56,7 +56,8 @@ def run(
     from receipt_pipeline.core import bio
     from receipt_pipeline.core.base_model import COMPACT
     from receipt_pipeline.core.evaluation import evaluate
-    from receipt_pipeline.core.training import TrainingOptions, train
+    from receipt_pipeline.core.training import train
+    from receipt_pipeline.core.training_options import TrainingOptions
 
     work = Path(tempfile.mkdtemp(prefix="sroie-training-"))
     sroie, split, tokenizer, manifest, stats = sroie_windows(work, entity_share_target)
@@ -64,7 +65,7 @@ def run(
     # the budget stops the run, not early stopping: 62 validation receipts are a noisy signal, and patience 3
     # stopped a run at epoch 6 on a peak from epoch 3; the best checkpoint by validation F1 is kept either way
     overrides.setdefault("early_stopping_patience", epochs)
-    options = TrainingOptions(base_model=COMPACT, epochs=epochs, max_train_seconds=minutes * 60, **overrides).resolved()
+    options = TrainingOptions(base_model=COMPACT, epochs=epochs, max_train_minutes=minutes, **overrides).resolved()
     started = time.monotonic()
     result = train(
         manifest, work / "run", options, tokenizer=tokenizer, on_evaluate=lambda r: print(json.dumps(r), flush=True)

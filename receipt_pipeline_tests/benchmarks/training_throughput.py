@@ -27,7 +27,8 @@ RECEIPTS = 140
 
 def run(runs: int = 5, receipts: int = RECEIPTS) -> dict:
     from receipt_pipeline.core.base_model import COMPACT
-    from receipt_pipeline.core.training import TrainingOptions, train
+    from receipt_pipeline.core.training import train
+    from receipt_pipeline.core.training_options import TrainingOptions
     from receipt_pipeline_tests.benchmarks.sroie_training import sroie_windows
 
     work = Path(tempfile.mkdtemp(prefix="training-throughput-"))

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from receipt_pipeline.core import bio, distributed
-from receipt_pipeline.core.training import TrainingError, TrainingOptions, train
+from receipt_pipeline.core.training import TrainingError, train
+from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline_tests.training_data import build_manifest, synthetic_words
 
 # Dropout off and a random (not length-grouped) order, so both runs see the same global batches: one

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from receipt_pipeline.core import sweep
-from receipt_pipeline.core.training import TrainingOptions
+from receipt_pipeline.core.training_options import TrainingOptions
 
 
 def _url(tmp_path, name: str = "optuna") -> str:

@@ -10,9 +10,16 @@ import threading
 import pytest
 
 from receipt_pipeline.core import batching, bio, storage, training
-from receipt_pipeline.core.checkpoint_store import CheckpointSync, complete_remote_checkpoints, restore_latest
+from receipt_pipeline.core.checkpoint_store import (
+    COMPLETE_MARKER,
+    CheckpointSync,
+    checkpoint_dirs,
+    complete_remote_checkpoints,
+    restore_latest,
+)
 from receipt_pipeline.core.evaluation import evaluate
-from receipt_pipeline.core.training import COMPLETE_MARKER, TrainingOptions, train
+from receipt_pipeline.core.training import train
+from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline_tests.training_data import build_manifest, synthetic_words
 
 QUICK = dict(max_steps=8, eval_steps=4, per_device_batch_size=4, gradient_accumulation_steps=1, warmup_ratio=0.0)
@@ -102,7 +109,7 @@ def test_a_few_steps_make_the_loss_fall_and_leave_the_best_model_folder(small_ma
     assert json.loads((best / "label_map.json").read_text())["tags"] == small_manifest["tags"]
     assert json.loads((best / "training_args.json").read_text())["train_sampling_strategy"] == "group_by_length"
     assert json.loads((best / "training_options.json").read_text())["learning_rate"] == 2e-4
-    checkpoints = training.checkpoint_dirs(tmp_path / "run")
+    checkpoints = checkpoint_dirs(tmp_path / "run")
     assert checkpoints and all((c / COMPLETE_MARKER).is_file() for c in checkpoints)
 
 
@@ -138,7 +145,7 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_from_it(small_manifest, 
             train(small_manifest, run, options)
     finally:
         timer.cancel()
-    [saved] = [c for c in training.checkpoint_dirs(run) if (c / COMPLETE_MARKER).is_file()]
+    [saved] = [c for c in checkpoint_dirs(run) if (c / COMPLETE_MARKER).is_file()]
     interrupted_at = int(saved.name.split("-")[-1])
     assert 0 < interrupted_at < 40
     assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
@@ -151,7 +158,7 @@ def test_checkpoints_sync_to_s3_marker_last_and_restore_without_pickles(small_ma
     run_uri = f"s3://{artifacts_bucket}/runs/r1"
     result = train(small_manifest, tmp_path / "run", TrainingOptions(**QUICK), sync=CheckpointSync(run_uri))
     complete = complete_remote_checkpoints(run_uri)
-    assert sorted(complete) == [int(c.name.split("-")[-1]) for c in training.checkpoint_dirs(tmp_path / "run")]
+    assert sorted(complete) == [int(c.name.split("-")[-1]) for c in checkpoint_dirs(tmp_path / "run")]
     uploaded = [uri.rsplit("/", 1)[-1] for uris in complete.values() for uri in uris]
     assert "model.safetensors" in uploaded and not any(n.endswith((".pt", ".pth", ".bin")) for n in uploaded)
     assert storage.exists(f"{run_uri}/best/model.safetensors") and storage.exists(f"{run_uri}/best/COMPLETE")

@@ -8,7 +8,8 @@ import pytest
 from receipt_pipeline.core import bio
 from receipt_pipeline.core.evaluation import entity_scores, evaluate, field_scores, true_receipt_tags
 from receipt_pipeline.core.sroie import read_sroie
-from receipt_pipeline.core.training import TrainingOptions, train
+from receipt_pipeline.core.training import train
+from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline.core.windows import WindowSet
 from receipt_pipeline_tests.training_data import build_manifest, sroie_subset
 
@@ -21,7 +22,7 @@ def test_a_few_minutes_of_training_on_sroie_beat_the_all_o_baseline(shared_sroie
     manifest, split = build_manifest([sroie.frame], tmp_path / "windows", bio.SplitOptions(shares=(0.7, 0.1, 0.2)))
     # short windows (down-sampled train) and one window batch per step: many updates in little time
     options = TrainingOptions(
-        epochs=12, gradient_accumulation_steps=1, max_train_seconds=150, early_stopping_patience=12
+        epochs=12, gradient_accumulation_steps=1, max_train_minutes=2.5, early_stopping_patience=12
     )
     result = train(manifest, tmp_path / "run", options)
     assert result.first_loss > 1.5 * result.last_loss, (result.first_loss, result.last_loss)

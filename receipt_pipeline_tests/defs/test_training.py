@@ -13,7 +13,7 @@ from receipt_pipeline.core.dynamo_schema import LABEL_VOCABULARY
 from receipt_pipeline.core.settings import DeploymentSettings
 from receipt_pipeline.core.training import weights_digest
 from receipt_pipeline.definitions import build_definitions
-from receipt_pipeline.defs import ingestion, promotion, training, training_data
+from receipt_pipeline.defs import evaluation, ingestion, promotion, training, training_data
 from receipt_pipeline.defs.resources import resources_for
 from receipt_pipeline_tests.conftest import seeded_receipts_table
 from receipt_pipeline_tests.defs.test_ingestion import _local_settings, _metadata
@@ -25,9 +25,9 @@ SIX = [
     training_data.bio_receipt_split,
     training_data.windowed_tensors,
     training.layoutlm_checkpoint,
-    training.evaluation_report,
+    evaluation.evaluation_report,
 ]
-WITH_PROMOTION = [*SIX, promotion.production_model, promotion.f1_not_below_production]
+WITH_PROMOTION = [*SIX, promotion.production_model, evaluation.f1_not_below_production]
 TRAINING_CONFIG = {"max_steps": 6, "eval_steps": 3, "per_device_batch_size": 4, "gradient_accumulation_steps": 1}
 SHORT_TRAINING = {"ops": {"layoutlm_checkpoint": {"config": TRAINING_CONFIG}}}
 
@@ -113,7 +113,7 @@ def test_the_checkpoint_records_the_table_snapshot_and_the_report_names_the_chec
 
 def test_the_first_model_is_promoted_with_links_to_its_run_data_and_report(local_run):
     result, settings, instance = local_run
-    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == promotion.CHECK_F1]
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == evaluation.CHECK_F1]
     assert check.passed
     production = _metadata(result, "production_model")
     checkpoint = _metadata(result, "layoutlm_checkpoint")
@@ -154,7 +154,7 @@ def test_a_model_worse_than_production_by_more_than_the_tolerance_is_not_promote
                 selection=["evaluation_report", "production_model"],
                 raise_on_error=False,
             )
-            [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == promotion.CHECK_F1]
+            [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == evaluation.CHECK_F1]
             assert check.passed is promoted_again, check.description
             promoted_events = result.asset_materializations_for_node("production_model")
             assert bool(promoted_events) is promoted_again

@@ -24,8 +24,7 @@ from safetensors.numpy import save as save_safetensors
 
 from receipt_pipeline import cli
 from receipt_pipeline.core import aws, base_model, evaluation, model, storage
-from receipt_pipeline.core.checkpoint_store import CheckpointError, restore_latest
-from receipt_pipeline.core.training import COMPLETE_MARKER
+from receipt_pipeline.core.checkpoint_store import COMPLETE_MARKER, CheckpointError, restore_latest
 from receipt_pipeline.launcher import EC2GpuRunLauncher, ec2, tags, user_data
 from receipt_pipeline.launcher.no_secrets import SecretValueError
 from receipt_pipeline_tests.faults.conftest import (

@@ -18,8 +18,15 @@ from pathlib import Path
 import pytest
 
 from receipt_pipeline.core import bio, storage, training
-from receipt_pipeline.core.checkpoint_store import CheckpointSync, complete_remote_checkpoints, restore_latest
-from receipt_pipeline.core.training import COMPLETE_MARKER, TrainingInterrupted, TrainingOptions, train
+from receipt_pipeline.core.checkpoint_store import (
+    COMPLETE_MARKER,
+    CheckpointSync,
+    checkpoint_dirs,
+    complete_remote_checkpoints,
+    restore_latest,
+)
+from receipt_pipeline.core.training import TrainingInterrupted, train
+from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline_tests.aws_faults import FaultProxy, _Answer
 from receipt_pipeline_tests.training_data import build_manifest, sroie_frame, sroie_subset
 
@@ -47,7 +54,7 @@ def sroie_manifest(shared_sroie_dir, tmp_path_factory):
 
 
 def _complete_steps(run: Path) -> list[int]:
-    return [int(c.name.split("-")[-1]) for c in training.checkpoint_dirs(run) if (c / COMPLETE_MARKER).is_file()]
+    return [int(c.name.split("-")[-1]) for c in checkpoint_dirs(run) if (c / COMPLETE_MARKER).is_file()]
 
 
 def _sigterm_once_past(run: Path, step: int, stop: threading.Event) -> threading.Thread:
@@ -103,10 +110,10 @@ def _step_of(error: TrainingInterrupted) -> int:
 KILLER = """
 import json, os, signal, sys
 from pathlib import Path
-from receipt_pipeline.core import training
+from receipt_pipeline.core import checkpoint_store, training, training_options
 
 manifest_path, run_dir, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
-write_marker = training._write_marker
+write_marker = checkpoint_store.mark_complete
 
 def write_marker_or_die(folder, payload):
     if folder.name == f"checkpoint-{kill_at}":
@@ -115,8 +122,8 @@ def write_marker_or_die(folder, payload):
         os.kill(os.getpid(), signal.SIGKILL)
     write_marker(folder, payload)
 
-training._write_marker = write_marker_or_die
-options = training.TrainingOptions(**json.loads(sys.argv[4]))
+checkpoint_store.mark_complete = write_marker_or_die
+options = training_options.TrainingOptions(**json.loads(sys.argv[4]))
 training.train(json.loads(Path(manifest_path).read_text()), run_dir, options)
 """
 

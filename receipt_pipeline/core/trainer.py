@@ -1,0 +1,161 @@
+"""The Hugging Face side of training: the arguments, the Trainer and the callback that ``training.train``
+puts together. Imported only when a run trains, so that loading the pipeline does not load transformers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from receipt_pipeline.core import checkpoint_store
+from receipt_pipeline.core.batching import LengthBucketSampler
+from receipt_pipeline.core.evaluation import entity_scores, receipt_tags, true_receipt_tags
+from receipt_pipeline.core.training_options import TrainingOptions
+from receipt_pipeline.core.windows import WindowSet
+
+
+def training_arguments(options: TrainingOptions, run_dir: Path, cuda: bool) -> TrainingArguments:
+    """The Trainer's arguments for resolved ``options``: every setting the Trainer itself applies is set here."""
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    return TrainingArguments(**training_argument_values(options, run_dir, cuda, bf16))
+
+
+def training_argument_values(options: TrainingOptions, run_dir: Path, cuda: bool, bf16: bool) -> dict:
+    """:func:`training_arguments`' values, as a dict: what a GPU gets can be read on a CPU too."""
+    by_steps = options.eval_steps is not None
+    return dict(
+        output_dir=str(run_dir / checkpoint_store.CHECKPOINTS),
+        num_train_epochs=options.epochs,
+        max_steps=options.max_steps,
+        per_device_train_batch_size=options.per_device_batch_size,
+        per_device_eval_batch_size=options.per_device_batch_size * 2,
+        gradient_accumulation_steps=options.gradient_accumulation_steps,
+        learning_rate=options.learning_rate,
+        weight_decay=options.weight_decay,
+        warmup_steps=options.warmup_ratio,
+        max_grad_norm=options.max_grad_norm,
+        seed=options.seed,
+        auto_find_batch_size=options.auto_batch_size,
+        train_sampling_strategy="group_by_length" if options.group_by_length else "random",
+        eval_strategy="steps" if by_steps else "epoch",
+        save_strategy="steps" if by_steps else "epoch",
+        eval_steps=options.eval_steps,
+        save_steps=options.eval_steps or 500,
+        logging_strategy="steps",
+        logging_steps=1 if options.max_steps and 0 < options.max_steps <= 50 else 10,
+        load_best_model_at_end=True,
+        metric_for_best_model="f1",
+        greater_is_better=True,
+        save_total_limit=2,
+        bf16=bf16,
+        fp16=cuda and not bf16,
+        tf32=True if cuda else None,
+        dataloader_pin_memory=cuda,
+        dataloader_num_workers=options.dataloader_workers if cuda else 0,
+        use_cpu=not cuda,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=False,
+    )
+
+
+def entity_f1_metrics(validation_set: WindowSet) -> Callable:
+    """``compute_metrics``: seqeval entity scores of the validation windows, merged back to receipts."""
+
+    def compute_metrics(prediction) -> dict:
+        predicted = prediction.predictions
+        windows = [predicted[i, :n] for i, n in enumerate(validation_set.lengths)]
+        overall = entity_scores(true_receipt_tags(validation_set), receipt_tags(validation_set, windows))["overall"]
+        return {"precision": overall["precision"], "recall": overall["recall"], "f1": overall["f1"]}
+
+    return compute_metrics
+
+
+class TrainingProgress(TrainerCallback):
+    """Records losses and evaluations, keeps the time budget, stops on a signal, and marks (and syncs) each
+    saved checkpoint complete.
+
+    ``should_stop`` is asked after every step with (a signal arrived, the budget is spent) and answers them
+    as every process agrees: a stop that only some processes took would hang the others.
+    """
+
+    def __init__(
+        self,
+        tags: list[str],
+        max_train_seconds: float | None,
+        should_stop: Callable[[bool, bool], list[bool]],
+        on_evaluate: Callable[[dict], None] | None = None,
+        sync: Callable[[Path, str], None] | None = None,
+    ) -> None:
+        self.tags = tags
+        self.max_train_seconds = max_train_seconds
+        self.should_stop = should_stop
+        self.report_evaluation = on_evaluate
+        self.sync = sync
+        self.evaluations: list[dict] = []
+        self.losses: list[float] = []
+        self.stop_requested: str | None = None
+        self.started = time.monotonic()
+        self.step_started = self.started
+        self.step_seconds = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_started = time.monotonic()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        record = {"step": state.global_step, "epoch": state.epoch, **(metrics or {})}
+        record = json.loads(json.dumps(record, default=float))  # plain numbers: numpy's do not serialise
+        self.evaluations.append(record)
+        if self.report_evaluation:
+            self.report_evaluation(record)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_seconds += time.monotonic() - self.step_started
+        budget = self.max_train_seconds
+        out_of_time = bool(budget) and time.monotonic() - self.started > budget
+        interrupted, out_of_time = self.should_stop(bool(self.stop_requested), out_of_time)
+        if interrupted or out_of_time:
+            self.stop_requested = self.stop_requested or ("SIGTERM" if interrupted else None)
+            control.should_save = True
+            control.should_evaluate = not interrupted  # a spot notice leaves no time to evaluate
+            control.should_training_stop = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        checkpoint_store.mark_complete(folder, {"step": state.global_step, "epoch": state.epoch, "tags": self.tags})
+        if self.sync:
+            self.sync(folder, folder.name)
+
+
+class WindowTrainer(Trainer):
+    """The Trainer with the pipeline's train sampler, evaluation in stored order, and a padded-token count."""
+
+    def __init__(self, *args, length_buckets: bool, sampler_seed: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.length_buckets = length_buckets
+        self.sampler_seed = sampler_seed
+        self.padded_tokens = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.length_buckets:
+            return super()._get_train_sampler(train_dataset)
+        return LengthBucketSampler(self.train_dataset.lengths, self._train_batch_size, self.sampler_seed)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.padded_tokens += int(inputs["input_ids"].numel())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # predictions merge back to receipts by window position: evaluation keeps the stored order
+        # (the Trainer would otherwise group evaluation windows by length too)
+        return torch.utils.data.SequentialSampler(eval_dataset)

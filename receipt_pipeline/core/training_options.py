@@ -1,0 +1,186 @@
+"""Every training setting, declared once: its type, default, bounds, help and command-line flag.
+
+``TrainingOptions`` is the one schema. The Dagster config of ``layoutlm_checkpoint`` and of ``sweep_trial``
+(:func:`config_fields`) and the flags of ``layoutlm-cli`` (:func:`cli_settings`) are derived from it, so a
+new setting is added here and nowhere else. Defaults that depend on the base model or the device are
+resolved once, by :meth:`TrainingOptions.resolved`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from receipt_pipeline.core import base_model
+
+# Defaults follow the base model. LayoutLM-base keeps the earlier system's settings. The compact model
+# wants a higher rate and more, smaller steps: on SROIE at the same epochs, batch 8 x 4 at 1e-4 scored
+# field F1 0.60 and 4 x 1 at 2e-4 scored 0.85; batch 4 is also faster on CPU (BENCHMARKS.md).
+BASE_DEFAULTS = {"per_device_batch_size": 8, "gradient_accumulation_steps": 4, "learning_rate": 5e-5}
+DEFAULTS_BY_BASE_MODEL = {
+    base_model.COMPACT: {"per_device_batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 2e-4},
+}
+
+
+# the settings a sweep trial draws from its study (core.sweep.SearchSpace: the effective batch is split into
+# batch x accumulation); every other setting a trial takes from its config
+SEARCHED_BY_SWEEPS = ("learning_rate", "weight_decay", "warmup_ratio", "label_smoothing", "per_device_batch_size",
+                      "gradient_accumulation_steps", "max_grad_norm")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What the config and the command line say of one setting."""
+
+    help: str
+    bounds: dict[str, float]  # pydantic's ge, gt, le, lt
+    flag: str | None  # layoutlm-cli's flag (the earlier tool's name where it had one); None: not a flag
+    configurable: bool  # in the Dagster config; False for settings only tests and benchmarks set
+    # None in the config and on the command line means the deployment's value (its base model, its budget)
+    deployment_default: bool
+
+
+def _setting(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = "",
+    configurable: bool = True,
+    deployment_default: bool = False,
+    **bounds: float,
+) -> Any:
+    return field(
+        default=default,
+        metadata={"setting": Setting(help, bounds, flag, configurable, deployment_default)},
+    )
+
+
+@dataclass
+class TrainingOptions:
+    base_model: str = _setting(
+        base_model.COMPACT,
+        "A hub id (e.g. microsoft/layoutlm-base-uncased), a local folder, an s3:// prefix, or 'compact'. Its "
+        "tokenizer must be the windows' one.",
+        flag="--pretrained",
+        deployment_default=True,
+    )
+    epochs: float = _setting(10, "Training epochs.", gt=0)
+    per_device_batch_size: int | None = _setting(
+        None, "Windows per device and step; default: 8, or 4 for 'compact' (32 on a GPU).", flag="--batch-size", ge=1
+    )
+    gradient_accumulation_steps: int | None = _setting(
+        None, "Steps accumulated per optimizer step; default: 4, or 1 for 'compact' and on a GPU.", ge=1
+    )
+    learning_rate: float | None = _setting(None, "Default: 5e-5, or 2e-4 for 'compact'.", flag="--lr", gt=0)
+    weight_decay: float = _setting(0.01, "AdamW weight decay.", ge=0)
+    warmup_ratio: float = _setting(0.1, "Share of the steps spent warming the learning rate up.", ge=0, lt=1)
+    label_smoothing: float = _setting(0.0, "Label smoothing of the token loss.", ge=0, lt=1)
+    max_grad_norm: float = _setting(1.0, "Gradient clipping norm.", gt=0)
+    early_stopping_patience: int = _setting(3, "Evaluations without a better validation F1 before stopping.", ge=1)
+    seed: int = _setting(42, "Seed of the head's initialisation, the batch order and augmentation.")
+    auto_batch_size: bool = _setting(False, "Halve the batch on out-of-memory until it fits.")
+    augment: bool = _setting(False, "Rotate, scale and jitter train boxes as they are read.")
+    max_steps: int = _setting(-1, "Stop after this many optimizer steps; -1: epochs decide.")
+    eval_steps: int | None = _setting(None, "Evaluate and save every N steps, not every epoch.", ge=1)
+    max_train_minutes: float | None = _setting(
+        None,
+        "Stop, after a save, past this time; default: the deployment's budget (2.5 minutes locally, none in prod; "
+        "RECEIPT_PIPELINE_MAX_TRAIN_MINUTES).",
+        deployment_default=True,
+        gt=0,
+    )
+    # set by tests and benchmarks only
+    group_by_length: bool = _setting(True, "Batches of similar length (LengthBucketSampler).", configurable=False)
+    dataloader_workers: int = _setting(2, "DataLoader workers, on CUDA only.", configurable=False)
+    dropout: float | None = _setting(None, "Hidden and attention dropout; None: the base model's own.",
+                                     configurable=False)  # fmt: skip
+    pad_to_length: int | None = _setting(
+        None,
+        "Pad every window to this many tokens instead of the batch's longest (the earlier system's setting, "
+        "kept to measure against; BENCHMARKS.md).",
+        configurable=False,
+    )
+
+    def resolved(self, gpu: bool = False) -> TrainingOptions:
+        """These options with every base-model default filled in. On a ``gpu``, where neither the batch nor the
+        accumulation was set, the default accumulation is folded into the batch: the same optimizer steps in one
+        pass, since a GPU takes as long for batch 8 as for 32 (BENCHMARKS.md, GPU sweep)."""
+        defaults = DEFAULTS_BY_BASE_MODEL.get(self.base_model, BASE_DEFAULTS)
+        if gpu and self.per_device_batch_size is None and self.gradient_accumulation_steps is None:
+            folded = defaults["per_device_batch_size"] * defaults["gradient_accumulation_steps"]
+            defaults = {**defaults, "per_device_batch_size": folded, "gradient_accumulation_steps": 1}
+        unset = {name: value for name, value in defaults.items() if getattr(self, name) is None}
+        return replace(self, **unset)
+
+    @property
+    def max_train_seconds(self) -> float | None:
+        return self.max_train_minutes * 60 if self.max_train_minutes else None
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any], **deployment: Any) -> TrainingOptions:
+        """Options from config values (the names of :func:`config_fields`); a setting left None that the
+        deployment decides takes ``deployment``'s value, e.g. ``base_model=settings.base_model``."""
+        chosen = {name: value for name, value in values.items() if name in _FIELD_NAMES}
+        for name, value in deployment.items():
+            if chosen.get(name) is None:
+                chosen[name] = value
+        return cls(**{name: value for name, value in chosen.items() if value is not None or _nullable(name)})
+
+
+_FIELD_NAMES = {f.name for f in dataclasses.fields(TrainingOptions)}
+
+
+def settings() -> dict[str, tuple[Setting, Any, Any]]:
+    """Name -> (its :class:`Setting`, its type, its default), in declaration order."""
+    hints = typing.get_type_hints(TrainingOptions)
+    return {f.name: (f.metadata["setting"], hints[f.name], f.default) for f in dataclasses.fields(TrainingOptions)}
+
+
+def _nullable(name: str) -> bool:
+    return type(None) in typing.get_args(typing.get_type_hints(TrainingOptions)[name])
+
+
+def config_fields(
+    exclude: tuple[str, ...] = (),
+    defaults: dict[str, Any] | None = None,
+    bounds: dict[str, dict[str, float]] | None = None,
+) -> dict[str, tuple]:
+    """``pydantic.create_model`` field definitions for the configurable settings (but ``exclude``), with their
+    defaults and bounds (or ``defaults`` and ``bounds``, e.g. a sweep's shorter trials) and help. A setting the
+    deployment decides defaults to None there."""
+    from pydantic import Field
+
+    fields: dict[str, tuple] = {}
+    for name, (setting, kind, default) in settings().items():
+        if not setting.configurable or name in exclude:
+            continue
+        default = (defaults or {}).get(name, default)
+        if setting.deployment_default:
+            kind, default = kind | None, None
+        limits = (bounds or {}).get(name, setting.bounds)
+        fields[name] = (kind, Field(default=default, description=setting.help, **limits))
+    return fields
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str  # the setting
+    flag: str  # e.g. --lr
+    kind: Any  # int, float, str or bool
+    help: str
+    bounds: dict[str, float]
+
+
+def cli_settings() -> list[Flag]:
+    """The configurable settings as command-line flags: the earlier tool's name where it had one, else the
+    setting's name in kebab case. Every flag defaults to unset, so an unset one leaves the config's default."""
+    flags = []
+    for name, (setting, kind, _default) in settings().items():
+        if not setting.configurable or setting.flag is None:
+            continue
+        base = [arg for arg in typing.get_args(kind) if arg is not type(None)] or [kind]
+        flag = setting.flag or "--" + name.replace("_", "-")
+        flags.append(Flag(name, flag, base[0], setting.help, setting.bounds))
+    return flags

@@ -1,0 +1,115 @@
+"""The evaluation report of a checkpoint, and the promotion gate on it."""
+
+import hashlib
+import json
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from receipt_pipeline.core import bio, storage
+from receipt_pipeline.core.evaluation import confusion_png, evaluate
+from receipt_pipeline.defs.promotion import promotion_decision
+from receipt_pipeline.defs.resources import PipelineSettings
+
+GROUP = "evaluation"
+CHECK_F1 = "f1_not_below_production"
+
+
+def _checkpoint_reference(checkpoint: dict) -> dict:
+    """What a report or a promotion says of the checkpoint it used: enough to find it and its data."""
+    keys = ("path", "run", "version", "dagster_run_id", "windowed_tensors_version", "bio_receipt_split_version")
+    return {key: checkpoint.get(key, "") for key in keys} | {"source_snapshots": checkpoint.get("source_snapshots", {})}
+
+
+def _digest(document: dict) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class EvaluationReportConfig(dg.Config):
+    split: str = Field(default="test", description="Which split of the windows to score.")
+    sroie_labels: dict[str, str] = Field(
+        default=dict(bio.DEFAULT_SROIE_LABELS), description="SROIE field labels as the model names them."
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version="2",
+    kinds={"seqeval"},
+    description="Entity-level (seqeval strict IOB2) and SROIE field-level scores of the checkpoint on the "
+    "test windows, with a confusion matrix; Markdown, JSON and PNG.",
+)
+def evaluation_report(
+    context: dg.AssetExecutionContext,
+    config: EvaluationReportConfig,
+    settings: PipelineSettings,
+    layoutlm_checkpoint: dict,
+    windowed_tensors: dict,
+    bio_receipt_split: pa.Table,
+) -> dg.Output[dict]:
+    rows = bio_receipt_split.filter(pa.compute.equal(bio_receipt_split.column("split"), config.split))
+    words = dict(zip(rows.column("key").to_pylist(), rows.column("words").to_pylist(), strict=True))
+    report = evaluate(
+        layoutlm_checkpoint["path"],
+        windowed_tensors,
+        split=config.split,
+        words=words,
+        # the field strings came with the receipts, through sroie_receipts and the split: the lineage's own
+        references=bio.reference_fields(rows),
+        sroie_labels=config.sroie_labels,
+    )
+    folder = storage.join(settings.artifact_root, "reports", context.run.run_id)
+    document = {**report.to_dict(), "checkpoint": _checkpoint_reference(layoutlm_checkpoint)}
+    storage.write_bytes(storage.join(folder, "report.md"), report.markdown().encode())
+    storage.write_bytes(storage.join(folder, "report.json"), json.dumps(document, indent=2).encode())
+    png = confusion_png(report.confusion_labels, np.asarray(report.confusion))
+    storage.write_bytes(storage.join(folder, "confusion.png"), png)
+
+    headline = report.headline()
+    previous = context.instance.get_latest_materialization_event(context.asset_key)
+    change = {}
+    if previous and previous.asset_materialization:
+        before = previous.asset_materialization.metadata.get("entity_f1")
+        if before is not None:
+            change["entity_f1_change"] = headline["entity_f1"] - float(before.value)
+    context.log.info(f"evaluation of {layoutlm_checkpoint['path']}: {json.dumps(headline)}")
+    return dg.Output(
+        {**document, "report_folder": folder, "dagster_run_id": context.run.run_id},
+        # the same checkpoint scored on the same windows gives the same report
+        data_version=dg.DataVersion(_digest(report.to_dict())),
+        metadata={
+            **headline,
+            **change,
+            "report": dg.MetadataValue.md(report.markdown()),
+            "report_folder": dg.MetadataValue.path(folder),
+            "confusion_matrix": dg.MetadataValue.path(storage.join(folder, "confusion.png")),
+            "checkpoint": dg.MetadataValue.path(layoutlm_checkpoint["path"]),
+            "checkpoint_run": layoutlm_checkpoint["run"],
+            "checkpoint_version": layoutlm_checkpoint.get("version", ""),
+            "receipts": report.receipts,
+            "windows": report.windows,
+        },
+    )
+
+
+@dg.asset_check(
+    asset="evaluation_report",
+    name=CHECK_F1,
+    blocking=True,
+    description="The report's entity F1 is not lower than the production model's by more than the deployment's "
+    "tolerance (RECEIPT_PIPELINE_PROMOTION_TOLERANCE); blocks production_model when it is.",
+)
+def f1_not_below_production(settings: PipelineSettings, evaluation_report: dict) -> dg.AssetCheckResult:
+    decision = promotion_decision(settings, evaluation_report)
+    return dg.AssetCheckResult(
+        passed=decision.passed,
+        description=decision.reason,
+        metadata={
+            "candidate_f1": decision.candidate_f1,
+            "production_f1": decision.production_f1 if decision.production_f1 is not None else float("nan"),
+            "tolerance": decision.tolerance,
+            "checkpoint_version": evaluation_report.get("checkpoint", {}).get("version", ""),
+        },
+    )

@@ -1,0 +1,132 @@
+"""Each training setting is declared once (core.training_options), reaches the Trainer, and is what the Dagster
+config and layoutlm-cli offer."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from receipt_pipeline.core import bio, training_options
+from receipt_pipeline.core.box_augmentation import BoxAugmentation
+from receipt_pipeline.core.training import build_trainer
+from receipt_pipeline.core.training_options import TrainingOptions
+from receipt_pipeline_tests.training_data import build_manifest, synthetic_words
+
+# a value other than the default for every setting, as a user would give it
+CHOSEN = {
+    "base_model": "compact",  # the one base model that ships offline; its weights are checked below
+    "epochs": 3.5,
+    "per_device_batch_size": 3,
+    "gradient_accumulation_steps": 2,
+    "learning_rate": 3.3e-4,
+    "weight_decay": 0.07,
+    "warmup_ratio": 0.15,
+    "label_smoothing": 0.05,
+    "max_grad_norm": 0.7,
+    "early_stopping_patience": 5,
+    "seed": 123,
+    "auto_batch_size": True,
+    "augment": True,
+    "max_steps": 11,
+    "eval_steps": 4,
+    "max_train_minutes": 1.5,
+    "group_by_length": False,
+    "dataloader_workers": 3,
+    "dropout": 0.2,
+    "pad_to_length": 64,
+}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("options") / "windows"
+    return build_manifest([synthetic_words(16)], folder, bio.SplitOptions())[0]
+
+
+def test_every_setting_reaches_the_trainer(manifest, tmp_path):
+    import torch
+    from transformers import EarlyStoppingCallback
+
+    from receipt_pipeline.core.trainer import training_argument_values
+
+    assert set(CHOSEN) == {f.name for f in dataclasses.fields(TrainingOptions)}, "a setting the test does not set"
+    options = TrainingOptions(**CHOSEN)
+    assert all(CHOSEN[f.name] != f.default for f in dataclasses.fields(TrainingOptions) if f.name != "base_model")
+
+    trainer, progress, tokenizer = build_trainer(manifest, tmp_path, options.resolved())
+    args = trainer.args
+    [early_stopping] = [c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
+    dropouts = {m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)}
+    reached = {
+        "base_model": trainer.model.config.hidden_size == 384 and tokenizer.vocab_size == 30522,
+        "epochs": args.num_train_epochs == 3.5,
+        "per_device_batch_size": (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (3, 6),
+        "gradient_accumulation_steps": args.gradient_accumulation_steps == 2,
+        "learning_rate": args.learning_rate == 3.3e-4,
+        "weight_decay": args.weight_decay == 0.07,
+        "warmup_ratio": args.warmup_steps == 0.15,
+        "label_smoothing": trainer.compute_loss_func.label_smoothing == 0.05,
+        "max_grad_norm": args.max_grad_norm == 0.7,
+        "early_stopping_patience": early_stopping.early_stopping_patience == 5,
+        "seed": args.seed == 123 and trainer.sampler_seed == 123 and trainer.train_dataset.augment.seed == 123,
+        "auto_batch_size": args.auto_find_batch_size is True,
+        "augment": isinstance(trainer.train_dataset.augment, BoxAugmentation),
+        "max_steps": args.max_steps == 11,
+        "eval_steps": (args.eval_steps, args.save_steps, args.eval_strategy.value) == (4, 4, "steps"),
+        "max_train_minutes": progress.max_train_seconds == 90,
+        "group_by_length": trainer.length_buckets is False,
+        # loader workers are a CUDA setting: what a GPU gets, read here without one
+        "dataloader_workers": args.dataloader_num_workers == 0
+        and training_argument_values(options.resolved(gpu=True), tmp_path, cuda=True, bf16=True)[
+            "dataloader_num_workers"
+        ]
+        == 3,
+        "dropout": dropouts == {0.2},
+        "pad_to_length": trainer.data_collator.pad_to_length == 64,
+    }
+    assert set(reached) == set(CHOSEN)
+    assert [name for name, ok in reached.items() if not ok] == []
+
+
+def test_the_dagster_configs_and_the_flags_are_the_settings_declared_once():
+    from receipt_pipeline.defs.sweep import SweepTrialConfig
+    from receipt_pipeline.defs.training import LayoutLMCheckpointConfig
+
+    configurable = [name for name, (s, _, _) in training_options.settings().items() if s.configurable]
+    checkpoint = LayoutLMCheckpointConfig.model_fields
+    assert list(checkpoint)[: len(configurable)] == configurable
+    assert set(checkpoint) - set(configurable) == {"run_name", "output_path", "processes", "use_best_hyperparameters"}
+    for name in configurable:
+        setting, _, default = training_options.settings()[name]
+        field = checkpoint[name]
+        assert field.description == setting.help
+        assert field.default == (None if setting.deployment_default else default)
+    searched = set(training_options.SEARCHED_BY_SWEEPS)
+    trial = SweepTrialConfig.model_fields
+    assert set(configurable) - searched <= set(trial)
+    assert (trial["epochs"].default, trial["early_stopping_patience"].default) == (4, 2)  # a trial is shorter
+    flags = {flag.name: flag.flag for flag in training_options.cli_settings()}
+    assert list(flags) == configurable
+    assert (flags["learning_rate"], flags["per_device_batch_size"], flags["base_model"]) == (
+        "--lr",
+        "--batch-size",
+        "--pretrained",
+    )  # the earlier tool's names
+    assert flags["max_grad_norm"] == "--max-grad-norm"
+
+
+def test_config_values_and_the_deployment_make_the_options():
+    options = TrainingOptions.from_config(
+        {"epochs": 2, "base_model": None, "max_train_minutes": None, "run_name": "r", "learning_rate": None},
+        base_model="microsoft/layoutlm-base-uncased",
+        max_train_minutes=2.5,
+    )
+    assert (options.base_model, options.max_train_minutes, options.epochs) == (
+        "microsoft/layoutlm-base-uncased",
+        2.5,
+        2,
+    )
+    assert options.learning_rate is None and options.resolved().learning_rate == 5e-5
+    assert TrainingOptions.from_config({"base_model": "compact"}, base_model="other").base_model == "compact"
+    assert TrainingOptions(max_train_minutes=1.5).max_train_seconds == 90
