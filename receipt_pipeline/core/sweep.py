@@ -90,12 +90,15 @@ def finished_trial(study: optuna.Study, partition: str) -> Trial | None:
     return None
 
 
+def _outcome_attr(number: int, name: str) -> str:
+    return f"trial-{number}:{name}"
+
+
 def tell(study: optuna.Study, number: int, validation_f1: float, epochs: float, checkpoint: str) -> None:
-    # a retried run holds the trial's number, not its Trial object: set its attributes through the storage
-    storage, study_id = study._storage, study._study_id
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-    storage.set_trial_user_attr(trial_id, EPOCHS_ATTR, float(epochs))
-    storage.set_trial_user_attr(trial_id, CHECKPOINT_ATTR, checkpoint)
+    # a retried run holds the trial's number, not its Trial object, and the public API sets a trial's own
+    # attributes only through that object: the outcome is kept on the study, under the trial's number
+    study.set_user_attr(_outcome_attr(number, EPOCHS_ATTR), float(epochs))
+    study.set_user_attr(_outcome_attr(number, CHECKPOINT_ATTR), checkpoint)
     study.tell(number, float(validation_f1))
 
 
@@ -131,6 +134,7 @@ def options_for(params: dict, base: TrainingOptions, max_per_device_batch: int) 
 
 
 def trials(study: optuna.Study) -> list[Trial]:
+    outcomes = study.user_attrs
     return [
         Trial(
             number=t.number,
@@ -138,8 +142,8 @@ def trials(study: optuna.Study) -> list[Trial]:
             params=dict(t.params),
             state=t.state.name,
             validation_f1=t.value,
-            epochs=t.user_attrs.get(EPOCHS_ATTR),
-            checkpoint=t.user_attrs.get(CHECKPOINT_ATTR),
+            epochs=outcomes.get(_outcome_attr(t.number, EPOCHS_ATTR)),
+            checkpoint=outcomes.get(_outcome_attr(t.number, CHECKPOINT_ATTR)),
         )
         for t in study.get_trials(deepcopy=False)
     ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
-from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 from receipt_pipeline.core.errors import ExplainedError
 from receipt_pipeline.core.settings import DeploymentSettings
@@ -28,7 +27,7 @@ def orphaned_instances(instance: dg.DagsterInstance, live: dict[str, str]) -> di
         run = runs.get(run_id)
         if run is None:
             orphans[instance_id] = f"run {run_id} is not known to this Dagster instance"
-        elif run.status in FINISHED_STATUSES:
+        elif run.is_finished:
             orphans[instance_id] = f"run {run_id} has ended ({run.status.value})"
     return orphans
 

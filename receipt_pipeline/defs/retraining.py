@@ -9,7 +9,6 @@ on a GPU because it materialises ``layoutlm_checkpoint``.
 from __future__ import annotations
 
 import dagster as dg
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from receipt_pipeline.core.dynamo_reader import label_snapshot
 from receipt_pipeline.core.settings import DeploymentSettings
@@ -54,8 +53,16 @@ def trained_valid_labels(instance: dg.DagsterInstance, table: str) -> int | None
 
 
 def retrain_in_progress(instance: dg.DagsterInstance) -> list[str]:
-    waiting = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
-    runs = instance.get_runs(filters=dg.RunsFilter(statuses=[*waiting, *IN_PROGRESS_RUN_STATUSES]))
+    status = dg.DagsterRunStatus
+    unfinished = [
+        status.QUEUED,
+        status.NOT_STARTED,
+        status.STARTING,
+        status.STARTED,
+        status.CANCELING,
+        status.SUSPENDED,
+    ]
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=unfinished))
     return [run.run_id for run in runs if run.job_name in RETRAIN_JOBS]
 
 
