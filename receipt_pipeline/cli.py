@@ -18,7 +18,7 @@ import click
 
 from receipt_pipeline.core import local_aws
 from receipt_pipeline.core.errors import ExplainedError
-from receipt_pipeline.core.settings import DeploymentSettings
+from receipt_pipeline.core.settings import DeploymentSettings, environment, set_variables, variables
 
 DEFAULT_PORT = 5466
 # the dev UI runs jobs and reads the artifacts: reachable from this machine only unless asked otherwise
@@ -115,7 +115,7 @@ def main() -> None:
 @click.option("--bucket", default=None, help="Artifacts bucket to create; default: the local deployment's.")
 def local_aws_command(port: int, host: str, table: str | None, bucket: str | None) -> None:
     """Run the AWS emulator (DynamoDB, S3, EC2) in the foreground, with the receipts table and bucket."""
-    settings = DeploymentSettings.from_env({**os.environ, "RECEIPT_PIPELINE_DEPLOYMENT": "local"})
+    settings = DeploymentSettings.from_env({**variables(), "RECEIPT_PIPELINE_DEPLOYMENT": "local"})
     stop = threading.Event()
     # handlers first: a stop asked for while the table is still being created is honoured, not fatal
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -124,7 +124,7 @@ def local_aws_command(port: int, host: str, table: str | None, bucket: str | Non
         raise click.BadParameter(f"{host}:{port} is in use", param_hint="'--port'")
     server = local_aws.start_emulator(port, host)
     env = local_aws.emulator_env(*server.get_host_and_port())
-    os.environ.update(env)
+    set_variables(env)
     table, bucket = table or settings.receipts_table, bucket or settings.bucket
     local_aws.provision(table, bucket)
     click.echo(f"AWS emulator on {env['AWS_ENDPOINT_URL']}: table {table}, bucket {bucket}. Ctrl-C stops it.")
@@ -143,7 +143,7 @@ def seed_synthetic_command(receipts: int, seed: int, table: str | None) -> None:
     from receipt_pipeline.core.synthetic import seed_synthetic
 
     settings = DeploymentSettings.from_env()
-    if settings.deployment == "local" and not os.environ.get("AWS_ENDPOINT_URL"):
+    if settings.deployment == "local" and not environment().AWS_ENDPOINT_URL:
         raise click.ClickException(
             "AWS_ENDPOINT_URL is not set: the local deployment seeds the emulator (receipt-pipeline local-aws), "
             "never a real table"
@@ -189,7 +189,7 @@ def start_emulator_process(port: int) -> tuple[subprocess.Popen, dict[str, str]]
     )
     _wait_for_port("127.0.0.1", port, process)
     env = local_aws.emulator_env("127.0.0.1", port)
-    os.environ.update(env)
+    set_variables(env)
     # provisioning happens in the child right after the port opens: wait for the table to exist
     from receipt_pipeline.core import aws
 
@@ -218,12 +218,12 @@ def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
 
 def _local_dagster_home() -> Path:
     """$DAGSTER_HOME (default ./.dagster_home) holding a copy of the repository's dagster.yaml."""
-    home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster_home").resolve()
+    home = Path(environment().DAGSTER_HOME or Path.cwd() / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     instance_yaml = Path.cwd() / "dagster.yaml"
     if instance_yaml.is_file():
         shutil.copyfile(instance_yaml, home / "dagster.yaml")
-    os.environ["DAGSTER_HOME"] = str(home)
+    set_variables({"DAGSTER_HOME": str(home)})
     return home
 
 
@@ -288,7 +288,7 @@ def evaluate(checkpoint: str, sroie_dir: str, as_json: bool) -> None:
 @click.option("--seed", type=int, default=7, show_default=True)
 def demo(port: int, receipts: int, seed: int) -> None:
     """Run the whole pipeline end to end on the local deployment and print where its outputs are."""
-    os.environ.setdefault("RECEIPT_PIPELINE_DEPLOYMENT", "local")
+    set_variables({"RECEIPT_PIPELINE_DEPLOYMENT": environment().RECEIPT_PIPELINE_DEPLOYMENT})
     settings = DeploymentSettings.from_env()
     if settings.deployment != "local":
         raise click.ClickException("the demo runs on the local deployment only")
@@ -356,7 +356,7 @@ def dagster_dev_command(ui_host: str, ui_port: int) -> list[str]:
 @click.option("--receipts", type=int, default=60, show_default=True, help="Synthetic receipts to seed.")
 def dev(port: int, ui_host: str, ui_port: int, receipts: int) -> None:
     """Start the AWS emulator (seeded) and `dagster dev` against the local deployment."""
-    os.environ.setdefault("RECEIPT_PIPELINE_DEPLOYMENT", "local")
+    set_variables({"RECEIPT_PIPELINE_DEPLOYMENT": environment().RECEIPT_PIPELINE_DEPLOYMENT})
     _local_dagster_home()
     _exit_cleanly_on_sigterm()
     emulator, _ = start_emulator_process(port)

@@ -9,7 +9,6 @@ GPU instance in prod, as for any training run).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import PurePosixPath
 
@@ -17,6 +16,7 @@ import click
 
 from receipt_pipeline.cli import CommandGroup, existing_path, one_line, report_input_problems
 from receipt_pipeline.core import storage, training_options
+from receipt_pipeline.core.settings import environment
 
 JOB_NAME_TAG = "receipt_pipeline/job_name"
 DATA_ASSETS = ["raw_receipt_words", "sroie_receipts", "bio_receipt_split", "windowed_tensors"]
@@ -200,7 +200,7 @@ def _next_partitions(study: str, existing, count: int, name) -> list[str]:
 
 
 def _local_instance_home() -> None:
-    if not os.environ.get("DAGSTER_HOME"):
+    if not environment().DAGSTER_HOME:
         from receipt_pipeline.cli import _local_dagster_home
 
         _local_dagster_home()

@@ -6,10 +6,10 @@ profiles, instance roles): botocore reads them itself, so nothing here takes an 
 
 from __future__ import annotations
 
-import os
-
 import boto3
 from botocore.config import Config
+
+from receipt_pipeline.core.settings import environment
 
 # Adaptive mode adds client-side rate limiting on top of exponential backoff, which is what a
 # read burst against an on-demand table that is still scaling needs.
@@ -28,7 +28,7 @@ def client_config(
 
 def session() -> boto3.session.Session:
     # botocore reads AWS_DEFAULT_REGION but not AWS_REGION, which the other AWS SDKs and the AWS CLI v2 use
-    return boto3.session.Session(region_name=os.environ.get("AWS_REGION") or None)
+    return boto3.session.Session(region_name=environment().AWS_REGION)
 
 
 def client(service: str, **config_kwargs):

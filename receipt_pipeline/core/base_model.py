@@ -8,11 +8,11 @@ to configs, vocabularies and safetensors weights: nothing that would be unpickle
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from receipt_pipeline.core import storage
 from receipt_pipeline.core.errors import ExplainedError
+from receipt_pipeline.core.settings import environment
 
 COMPACT = "compact"
 DEFAULT_HUB_MODEL = "microsoft/layoutlm-base-uncased"
@@ -33,8 +33,8 @@ def compact_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    default = Path(os.environ.get("RECEIPT_PIPELINE_DATA_DIR", ".data")) / "model-cache"
-    return Path(os.environ.get("RECEIPT_PIPELINE_MODEL_CACHE", default))
+    env = environment()
+    return Path(env.RECEIPT_PIPELINE_MODEL_CACHE or Path(env.RECEIPT_PIPELINE_DATA_DIR) / "model-cache")
 
 
 def resolve(source: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,6 +10,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from receipt_pipeline.core import aws
 from receipt_pipeline.core.dynamo_schema import TTL_ATTRIBUTE, create_table_request
+from receipt_pipeline.core.settings import set_variables, unset_variables, variable
 
 # Credentials the emulator accepts; never real ones.
 EMULATOR_ENV = {
@@ -39,16 +39,13 @@ def running_emulator(port: int = 0, host: str = "127.0.0.1") -> Iterator[dict[st
     """A running emulator with this process's AWS environment pointed at it, restored afterwards."""
     server = start_emulator(port, host)
     env = emulator_env(*server.get_host_and_port())
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
+    saved = {name: variable(name) for name in env}
+    set_variables(env)
     try:
         yield env
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        unset_variables([name for name, value in saved.items() if value is None])
+        set_variables({name: value for name, value in saved.items() if value is not None})
         server.stop()
 
 

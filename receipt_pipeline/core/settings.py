@@ -1,10 +1,20 @@
-"""Deployment settings read from the environment: ``local`` (the default) or ``prod``."""
+"""Every environment variable the pipeline reads, read here and nowhere else (pydantic-settings), and the
+deployment's settings made from them: ``local`` (the default) or ``prod``.
+
+A malformed value is refused with the variable's name. Variables that change while a process runs (the AWS
+endpoint a test points elsewhere, the rank torchrun gives a process) are read afresh at each call of
+:func:`environment`; nothing caches them.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import NonNegativeFloat, NonNegativeInt, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from receipt_pipeline.core.errors import ExplainedError
 
@@ -15,10 +25,74 @@ DEFAULT_RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00 UTC
 DEFAULT_RETRAIN_MIN_NEW_LABELS = 500
 DEFAULT_PROMOTION_TOLERANCE = 0.01
 LOCAL_MAX_TRAIN_MINUTES = 2.5
+PROD_BASE_MODEL = "microsoft/layoutlm-base-uncased"
 
 
 class SettingsError(ExplainedError, RuntimeError):
     pass
+
+
+class Environment(BaseSettings):
+    """The variables, by their own names. An empty value counts as unset."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", env_ignore_empty=True)
+
+    # the deployment
+    RECEIPT_PIPELINE_DEPLOYMENT: str = "local"
+    RECEIPTS_TABLE: str | None = None
+    RECEIPT_PIPELINE_BUCKET: str | None = None
+    RECEIPT_PIPELINE_DATA_DIR: str = ".data"
+    SROIE_DIR: str | None = None
+    RECEIPT_PIPELINE_BASE_MODEL: str | None = None
+    RECEIPT_PIPELINE_MAX_TRAIN_MINUTES: NonNegativeFloat | None = None
+    RECEIPT_PIPELINE_OPTUNA_STORAGE: str | None = None
+    RECEIPT_PIPELINE_RETRAIN_CRON: str = DEFAULT_RETRAIN_CRON
+    RECEIPT_PIPELINE_RETRAIN_MIN_NEW_LABELS: NonNegativeInt = DEFAULT_RETRAIN_MIN_NEW_LABELS
+    RECEIPT_PIPELINE_PROMOTION_TOLERANCE: NonNegativeFloat = DEFAULT_PROMOTION_TOLERANCE
+    # where things go on this machine
+    RECEIPT_PIPELINE_SCRATCH: str | None = None  # local copies of runs whose folders live in S3
+    RECEIPT_PIPELINE_MODEL_CACHE: str | None = None  # base models fetched from S3
+    DAGSTER_HOME: str | None = None
+    # AWS, as the SDKs read them (botocore reads them itself; these are what the pipeline checks or keys on)
+    AWS_ENDPOINT_URL: str | None = None
+    AWS_REGION: str | None = None
+    AWS_PROFILE: str | None = None
+    # the instance metadata service, which tests point at a stand-in
+    AWS_EC2_METADATA_SERVICE_ENDPOINT: str | None = None
+    # this process's place under torchrun
+    RANK: NonNegativeInt = 0
+
+
+def environment(values: Mapping[str, str] | None = None) -> Environment:
+    """The variables of this process now, or of ``values`` alone; a malformed one raises :class:`SettingsError`."""
+    try:
+        if values is None:
+            return Environment()
+        return Environment.model_validate({name: value for name, value in values.items() if value != ""})
+    except ValidationError as error:
+        problem = error.errors()[0]
+        name = str(problem["loc"][0])
+        raise SettingsError(f"{name}={problem.get('input')!r}: {problem['msg'].lower()}") from None
+
+
+def variables() -> dict[str, str]:
+    """A copy of this process's whole environment: what a child process it starts inherits."""
+    return dict(os.environ)
+
+
+def set_variables(values: Mapping[str, str]) -> None:
+    """Sets variables for this process and the children it starts (the emulator's endpoint, DAGSTER_HOME)."""
+    os.environ.update(values)
+
+
+def unset_variables(names) -> None:
+    for name in names:
+        os.environ.pop(name, None)
+
+
+def variable(name: str) -> str | None:
+    """One variable by name, for the launcher's ``env_vars``, which copies variables the config names."""
+    return os.environ.get(name)
 
 
 @dataclass(frozen=True)
@@ -43,64 +117,44 @@ class DeploymentSettings:
     optuna_storage: str | None = None
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> DeploymentSettings:
-        env = os.environ if environ is None else environ
-        deployment = env.get("RECEIPT_PIPELINE_DEPLOYMENT", "local")
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DeploymentSettings:
+        """The deployment's settings from this process's environment, or from ``environ`` alone."""
+        env = environment(environ)
+        deployment = env.RECEIPT_PIPELINE_DEPLOYMENT
         if deployment not in DEPLOYMENTS:
             raise SettingsError(f"RECEIPT_PIPELINE_DEPLOYMENT={deployment!r}: expected one of {', '.join(DEPLOYMENTS)}")
-        sroie_dir = env.get("SROIE_DIR") or None
-        common = _common_settings(env)
+        cron = env.RECEIPT_PIPELINE_RETRAIN_CRON
+        if len(cron.split()) != 5:
+            raise SettingsError(f"RECEIPT_PIPELINE_RETRAIN_CRON={cron!r}: expected five cron fields")
+        common = {
+            "deployment": deployment,
+            "sroie_dir": env.SROIE_DIR,
+            "retrain_cron": cron,
+            "retrain_min_new_labels": env.RECEIPT_PIPELINE_RETRAIN_MIN_NEW_LABELS,
+            "promotion_tolerance": env.RECEIPT_PIPELINE_PROMOTION_TOLERANCE,
+        }
         if deployment == "local":
-            data_dir = Path(env.get("RECEIPT_PIPELINE_DATA_DIR", ".data")).expanduser().resolve()
+            data_dir = Path(env.RECEIPT_PIPELINE_DATA_DIR).expanduser().resolve()
+            minutes = env.RECEIPT_PIPELINE_MAX_TRAIN_MINUTES
             return cls(
-                deployment=deployment,
-                receipts_table=env.get("RECEIPTS_TABLE", LOCAL_TABLE),
-                bucket=env.get("RECEIPT_PIPELINE_BUCKET", LOCAL_BUCKET),
+                receipts_table=env.RECEIPTS_TABLE or LOCAL_TABLE,
+                bucket=env.RECEIPT_PIPELINE_BUCKET or LOCAL_BUCKET,
                 artifact_root=str(data_dir),
-                sroie_dir=sroie_dir,
                 # CPU runs: the compact model ships with a package, no download needed
-                base_model=env.get("RECEIPT_PIPELINE_BASE_MODEL", "compact"),
-                max_train_minutes=_number(env, "RECEIPT_PIPELINE_MAX_TRAIN_MINUTES", float, LOCAL_MAX_TRAIN_MINUTES),
-                optuna_storage=env.get("RECEIPT_PIPELINE_OPTUNA_STORAGE") or f"sqlite:///{data_dir / 'optuna.sqlite'}",
+                base_model=env.RECEIPT_PIPELINE_BASE_MODEL or "compact",
+                max_train_minutes=LOCAL_MAX_TRAIN_MINUTES if minutes is None else minutes,
+                optuna_storage=env.RECEIPT_PIPELINE_OPTUNA_STORAGE or f"sqlite:///{data_dir / 'optuna.sqlite'}",
                 **common,
             )
-        missing = [name for name in ("RECEIPTS_TABLE", "RECEIPT_PIPELINE_BUCKET") if not env.get(name)]
+        missing = [name for name in ("RECEIPTS_TABLE", "RECEIPT_PIPELINE_BUCKET") if not getattr(env, name)]
         if missing:
             raise SettingsError(f"the prod deployment needs {' and '.join(missing)} set in the environment")
         return cls(
-            deployment=deployment,
-            receipts_table=env["RECEIPTS_TABLE"],
-            bucket=env["RECEIPT_PIPELINE_BUCKET"],
-            artifact_root=f"s3://{env['RECEIPT_PIPELINE_BUCKET']}",
-            sroie_dir=sroie_dir,
-            base_model=env.get("RECEIPT_PIPELINE_BASE_MODEL", "microsoft/layoutlm-base-uncased"),
-            max_train_minutes=_number(env, "RECEIPT_PIPELINE_MAX_TRAIN_MINUTES", float, None),
-            optuna_storage=env.get("RECEIPT_PIPELINE_OPTUNA_STORAGE") or None,
+            receipts_table=env.RECEIPTS_TABLE,
+            bucket=env.RECEIPT_PIPELINE_BUCKET,
+            artifact_root=f"s3://{env.RECEIPT_PIPELINE_BUCKET}",
+            base_model=env.RECEIPT_PIPELINE_BASE_MODEL or PROD_BASE_MODEL,
+            max_train_minutes=env.RECEIPT_PIPELINE_MAX_TRAIN_MINUTES,
+            optuna_storage=env.RECEIPT_PIPELINE_OPTUNA_STORAGE,
             **common,
         )
-
-
-def _number(env, name: str, kind: type, default):
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a {kind.__name__}") from None
-    if value < 0:
-        raise SettingsError(f"{name}={raw!r}: must not be negative")
-    return value
-
-
-def _common_settings(env) -> dict:
-    cron = env.get("RECEIPT_PIPELINE_RETRAIN_CRON") or DEFAULT_RETRAIN_CRON
-    if len(cron.split()) != 5:
-        raise SettingsError(f"RECEIPT_PIPELINE_RETRAIN_CRON={cron!r}: expected five cron fields")
-    return {
-        "retrain_cron": cron,
-        "retrain_min_new_labels": _number(
-            env, "RECEIPT_PIPELINE_RETRAIN_MIN_NEW_LABELS", int, DEFAULT_RETRAIN_MIN_NEW_LABELS
-        ),
-        "promotion_tolerance": _number(env, "RECEIPT_PIPELINE_PROMOTION_TOLERANCE", float, DEFAULT_PROMOTION_TOLERANCE),
-    }

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from receipt_pipeline.core import aws
+from receipt_pipeline.core.settings import variable
 
 
 @functools.lru_cache(maxsize=8)
@@ -27,8 +28,8 @@ def _s3_client(endpoint: str | None, region: str | None, profile: str | None):
 
 
 def _s3():
-    env = os.environ
-    return _s3_client(env.get("AWS_ENDPOINT_URL"), env.get("AWS_REGION"), env.get("AWS_PROFILE"))
+    # called once per object: three variables, not the whole environment's validation
+    return _s3_client(*(variable(name) for name in ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_PROFILE")))
 
 
 def is_s3(uri: str) -> bool:

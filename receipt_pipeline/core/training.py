@@ -27,6 +27,7 @@ from receipt_pipeline.core import base_model, checkpoint_store
 from receipt_pipeline.core.batching import TokenLoss, WindowCollator
 from receipt_pipeline.core.box_augmentation import BoxAugmentation
 from receipt_pipeline.core.errors import ExplainedError
+from receipt_pipeline.core.settings import environment
 from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline.core.windows import WindowSet
 
@@ -101,7 +102,7 @@ def check_tokenizer(tokenizer, source: str, manifest: dict):
 
 def is_main_process() -> bool:
     """False in every torchrun process but the first: only the first writes files."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return environment().RANK == 0
 
 
 def _distributed():

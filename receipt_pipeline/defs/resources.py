@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 
 import dagster as dg
 import pandas as pd
@@ -12,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from receipt_pipeline.core import storage
-from receipt_pipeline.core.settings import DeploymentSettings, SettingsError
+from receipt_pipeline.core.settings import DeploymentSettings, SettingsError, environment
 
 
 class PipelineSettings(dg.ConfigurableResource):
@@ -50,7 +49,7 @@ class PipelineSettings(dg.ConfigurableResource):
 
     def require_aws(self) -> None:
         """The local deployment must never fall through to real AWS with whatever credentials are about."""
-        if self.deployment == "local" and not os.environ.get("AWS_ENDPOINT_URL"):
+        if self.deployment == "local" and not environment().AWS_ENDPOINT_URL:
             raise SettingsError(
                 "the local deployment talks to the local AWS emulator, but AWS_ENDPOINT_URL is not set: "
                 "run `receipt-pipeline local-aws --port 5466` and export AWS_ENDPOINT_URL=http://127.0.0.1:5466 "

@@ -2,7 +2,6 @@
 
 import datetime as dt
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from pydantic import Field
 
 from receipt_pipeline.core import distributed, storage, sweep, training_options, word_table
 from receipt_pipeline.core.checkpoint_store import CheckpointSync, restore_latest
+from receipt_pipeline.core.settings import environment
 from receipt_pipeline.core.training import TrainingError, gpu_available, matching_tokenizer, train, weights_digest
 from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline.defs.resources import PipelineSettings
@@ -64,7 +64,7 @@ def run_dir_for(settings: PipelineSettings, run_name: str, runs_root: str | None
     """
     root = runs_root or storage.join(settings.artifact_root, "runs")
     if storage.is_s3(root):
-        scratch = Path(os.environ.get("RECEIPT_PIPELINE_SCRATCH", tempfile.gettempdir())) / "receipt-pipeline"
+        scratch = Path(environment().RECEIPT_PIPELINE_SCRATCH or tempfile.gettempdir()) / "receipt-pipeline"
         return scratch / "runs" / run_name, storage.join(root, run_name)
     return Path(root) / run_name, None
 

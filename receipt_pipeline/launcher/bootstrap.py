@@ -25,6 +25,8 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from receipt_pipeline.core.settings import environment, variables
+
 # the SDKs' own override of the metadata endpoint, honoured here too (tests point it at a local server)
 IMDS_ENDPOINT_VARIABLE = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
 IMDS_ENDPOINT = "http://169.254.169.254"
@@ -56,7 +58,7 @@ class SpotNoticeWatcher:
     """Polls ``/latest/meta-data/spot/instance-action`` (404 until AWS schedules an interruption)."""
 
     def __init__(self, endpoint: str | None = None, timeout: float = 2.0) -> None:
-        self.endpoint = (endpoint or os.environ.get(IMDS_ENDPOINT_VARIABLE) or IMDS_ENDPOINT).rstrip("/")
+        self.endpoint = (endpoint or environment().AWS_EC2_METADATA_SERVICE_ENDPOINT or IMDS_ENDPOINT).rstrip("/")
         self.timeout = timeout
         self._token: str | None = None
 
@@ -92,7 +94,7 @@ def run_worker(spec: Mapping, dagster_home: Path) -> int:
     staging = dagster_home / ".dagster.yaml.partial"
     staging.write_text(spec["dagster_yaml"])
     os.replace(staging, dagster_home / "dagster.yaml")
-    env = {**os.environ, **spec.get("env", {}), "DAGSTER_HOME": str(dagster_home)}
+    env = {**variables(), **spec.get("env", {}), "DAGSTER_HOME": str(dagster_home)}
     env.update(fetch_secrets(spec.get("secrets", {})))
     env["DAGSTER_EXECUTE_RUN_ARGS"] = spec["execute_run_args"]
     log(f"run {spec['run_id']}: starting dagster api execute_run")

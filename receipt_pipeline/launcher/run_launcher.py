@@ -9,7 +9,6 @@ and ``terminate`` ends the instance.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Mapping
 from importlib.metadata import version as package_version
 
@@ -29,6 +28,7 @@ from dagster._serdes import ConfigurableClass, serialize_value
 from dagster._serdes.config_class import ConfigurableClassData
 
 from receipt_pipeline.core import aws
+from receipt_pipeline.core.settings import variable
 from receipt_pipeline.launcher import ec2, no_secrets, tags, user_data
 
 DEFAULT_GPU_ASSETS = ("layoutlm_checkpoint", "sweep_trial")
@@ -183,9 +183,9 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
             name, has_value, value = entry.partition("=")
             if has_value:
                 env[name] = value
-            elif name in os.environ:
-                no_secrets.check_value(name, os.environ[name], "env_vars variable")
-                env[name] = os.environ[name]
+            elif (value := variable(name)) is not None:
+                no_secrets.check_value(name, value, "env_vars variable")
+                env[name] = value
         return env
 
     def worker_spec(self, run) -> dict:
