@@ -40,14 +40,14 @@ test: install browser
 
 # rewrites BENCHMARKS.md's sections; BENCH="windowing demo" runs only those (names: see benchmarks/__main__.py)
 bench: install
-	$(BIN)/python -m receipt_pipeline_tests.benchmarks --write $(BENCH)
+	$(BIN)/python -m benchmarks --write $(BENCH)
 
 # the wheel GPU instances install (upload it under the launcher's wheel_prefix)
 wheel: install
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
 
 lint: install
-	$(BIN)/ruff check receipt_pipeline receipt_pipeline_tests
+	$(BIN)/ruff check receipt_pipeline receipt_pipeline_tests benchmarks
 
 clean:
 	rm -rf $(VENV) .data .dagster_home dist test-artifacts

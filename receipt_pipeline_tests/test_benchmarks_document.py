@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from receipt_pipeline_tests.benchmarks.__main__ import BENCHMARKS, DEFAULT, DOCUMENT, write_section
+from benchmarks.__main__ import BENCHMARKS, DEFAULT, DOCUMENT, write_section
 
 
 def test_a_section_replaces_its_block_keeps_the_findings_around_it_and_a_new_one_is_appended(tmp_path):

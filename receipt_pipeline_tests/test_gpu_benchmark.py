@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from receipt_pipeline_tests.benchmarks import gpu
+from benchmarks import gpu
 
 
 def test_auto_batch_size_finds_the_largest_batch_that_fits_by_doubling_then_bisecting():

@@ -15,7 +15,6 @@ from receipt_pipeline.core.errors import ExplainedError
 from receipt_pipeline.core.settings import environment
 
 COMPACT = "compact"
-DEFAULT_HUB_MODEL = "microsoft/layoutlm-base-uncased"
 SAFE_SUFFIXES = (".json", ".txt", ".safetensors", ".model")
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack")
 # words every receipt vocabulary knows: if they come out as [UNK], the vocabulary was not loaded

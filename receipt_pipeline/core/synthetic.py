@@ -993,10 +993,6 @@ class WriteStats:
     throttled_requests: int = 0  # calls that still failed on throttling after botocore's retries
     seconds: float = 0.0
 
-    @property
-    def items_per_second(self) -> float:
-        return self.items / self.seconds if self.seconds else 0.0
-
     def add(self, other: WriteStats) -> None:
         self.items += other.items
         self.requests += other.requests

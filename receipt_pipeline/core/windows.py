@@ -29,7 +29,6 @@ FORMAT = 1
 IGNORE_INDEX = -100
 CLS_BOX = (0, 0, 0, 0)
 SEP_BOX = (BOX_SCALE, BOX_SCALE, BOX_SCALE, BOX_SCALE)
-MANIFEST_NAME = "manifest.json"
 
 
 class WindowError(ExplainedError, ValueError):

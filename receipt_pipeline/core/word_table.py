@@ -58,11 +58,6 @@ def empty_frame() -> pd.DataFrame:
     return to_frame({name: [] for name in COLUMNS})
 
 
-def column_schema_markdown() -> str:
-    rows = "\n".join(f"| `{field.name}` | `{field.type}` |" for field in SCHEMA)
-    return "| column | type |\n|---|---|\n" + rows
-
-
 def content_hash(frame: pd.DataFrame) -> str:
     """A hash of the rows, independent of their order: the data version of a source asset."""
     rows = frame.sort_values(ORDER, kind="stable").reset_index(drop=True)

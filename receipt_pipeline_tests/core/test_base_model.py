@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from receipt_pipeline.core import base_model, storage
+from receipt_pipeline.core.settings import PROD_BASE_MODEL
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
@@ -60,9 +61,9 @@ def test_a_hub_id_that_cannot_be_fetched_fails_naming_it(monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    assert base_model.resolve(base_model.DEFAULT_HUB_MODEL) == base_model.DEFAULT_HUB_MODEL
+    assert base_model.resolve(PROD_BASE_MODEL) == PROD_BASE_MODEL
     with pytest.raises(base_model.BaseModelError, match="microsoft/layoutlm-base-uncased"):
-        base_model.load_tokenizer(base_model.DEFAULT_HUB_MODEL)
+        base_model.load_tokenizer(PROD_BASE_MODEL)
     with pytest.raises(base_model.BaseModelError, match="no such folder"):
         base_model.resolve("./no/such/model")
 

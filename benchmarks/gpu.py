@@ -1,6 +1,6 @@
 """GPU training throughput of a layoutlm-base-sized token classifier: tokens/s, MFU, peak memory, batch size.
 
-python -m receipt_pipeline_tests.benchmarks.gpu [--batch-sizes 8 16 ...] [--precisions bf16 fp16] [--steps N]
+python -m benchmarks.gpu [--batch-sizes 8 16 ...] [--precisions bf16 fp16] [--steps N]
                                                 [--out DIR] [--compile-only] [--time-budget S] (--help: all)
 
 The model is `LayoutLMForTokenClassification(LayoutLMConfig(num_labels=13))`: the layoutlm-base shape (12 layers,
@@ -440,7 +440,7 @@ def auto_batch_size(fits, start: int = 8, limit: int = 8192, granularity: int = 
 def compile_in_child(config: StepConfig, steps: int, warmup: int, timeout: float, profile: bool = False) -> dict:
     """Measure a torch.compile configuration in a child process, so that a compilation which runs past
     ``timeout`` seconds can be stopped (with its compile workers: the child leads its own process group)."""
-    command = [sys.executable, "-m", __spec__.name if __spec__ else "receipt_pipeline_tests.benchmarks.gpu"]
+    command = [sys.executable, "-m", __spec__.name if __spec__ else "benchmarks.gpu"]
     command += ["--worker", json.dumps(asdict(config)), "--steps", str(steps), "--warmup", str(warmup)]
     command += ["--profile"] if profile else []
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
@@ -858,7 +858,7 @@ def run_compile_stage(args, report: dict, best: StepConfig, record, started: flo
 
 
 def parse_args(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(prog="python -m receipt_pipeline_tests.benchmarks.gpu", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(DEFAULT_BATCH_SIZES))
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))

@@ -1,7 +1,7 @@
 """Train the compact model on CPU on the shared SROIE training split and score held-back receipts.
 
-python -m receipt_pipeline_tests.benchmarks sroie-training        (at most 20 minutes of training)
-python -m receipt_pipeline_tests.benchmarks.sroie_training 8       (a shorter budget, in minutes)
+python -m benchmarks sroie-training        (at most 20 minutes of training)
+python -m benchmarks.sroie_training 8       (a shorter budget, in minutes)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED_SROIE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sroie"
+SHARED_SROIE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sroie"
 SHARES = (0.7, 0.1, 0.2)  # train, validation (early stopping), held back
 
 
@@ -108,7 +108,7 @@ def markdown(minutes: float = 20.0, **overrides) -> str:
     lines = [
         f"### Compact model on SROIE, CPU, at most {minutes:g} minutes of training",
         "",
-        f"`python -m receipt_pipeline_tests.benchmarks sroie-training`. The shared SROIE training split, split by "
+        f"`python -m benchmarks sroie-training`. The shared SROIE training split, split by "
         f"receipt {SHARES[0]:.0%} / {SHARES[1]:.0%} / {SHARES[2]:.0%} (train / validation for early stopping / "
         f"held back): {' / '.join(str(n) for n in outcome['receipts'].values())} receipts. "
         f"lr {outcome['learning_rate']:g}, batch "

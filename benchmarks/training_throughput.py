@@ -1,6 +1,6 @@
 """Training throughput on CPU: the pipeline's padding against the earlier system's.
 
-python -m receipt_pipeline_tests.benchmarks training-throughput
+python -m benchmarks training-throughput
 
 The compact model, one epoch of the train windows of the first 140 shared SROIE receipts (the same
 windows, the same number of optimizer steps), batch 8 x accumulation 4 in both settings; only the padding
@@ -26,10 +26,10 @@ RECEIPTS = 140
 
 
 def run(runs: int = 5, receipts: int = RECEIPTS) -> dict:
+    from benchmarks.sroie_training import sroie_windows
     from receipt_pipeline.core.base_model import COMPACT
     from receipt_pipeline.core.training import train
     from receipt_pipeline.core.training_options import TrainingOptions
-    from receipt_pipeline_tests.benchmarks.sroie_training import sroie_windows
 
     work = Path(tempfile.mkdtemp(prefix="training-throughput-"))
     _, _, tokenizer, manifest, stats = sroie_windows(work, receipts=receipts)
@@ -93,7 +93,7 @@ def table(outcome: dict) -> str:
         [
             "### Training throughput on CPU: dynamic padding and length grouping against padding to 512",
             "",
-            f"`python -m receipt_pipeline_tests.benchmarks training-throughput`. The compact model, one epoch of the "
+            f"`python -m benchmarks training-throughput`. The compact model, one epoch of the "
             f"train windows of the first {RECEIPTS} shared SROIE receipts ({outcome['train_windows']} windows of "
             f"{outcome['train_receipts']} receipts), "
             f"batch 8 x accumulation 4, lr 1e-4, in both settings: the same windows and the same number of optimizer "

@@ -1,6 +1,6 @@
 """`make bench`: runs benchmarks and rewrites their sections of BENCHMARKS.md.
 
-python -m receipt_pipeline_tests.benchmarks [--write] [NAME ...]
+python -m benchmarks [--write] [NAME ...]
 
 Without names it runs the default set (windowing, training-throughput, table-read, demo, gpu); the others
 (read-strategies, seed-stream, sroie-training) on request. Each prints a Markdown section stamped with the
@@ -127,7 +127,7 @@ def table_read(receipts: int = 1000, runs: int = 1) -> str:
     )
     return (
         f"### Reading the table: {receipts:,} synthetic receipts from the emulator\n\n"
-        f"`python -m receipt_pipeline_tests.benchmarks table-read`. {written.items:,} items (images, receipts, "
+        f"`python -m benchmarks table-read`. {written.items:,} items (images, receipts, "
         f"lines, words, labels) seeded in {seeding:.0f} s, every receipt labelled; the three reads return the "
         "same words (their content hashes are compared).\n\n" + header + "\n" + "\n".join(rows)
     )
@@ -150,13 +150,13 @@ def _seed_worker(receipts: int, endpoint: str) -> None:
 
 def seed_stream(sizes: tuple[int, ...] = (1000, 4000)) -> str:
     """Peak memory of `seed-synthetic` must not grow with the number of receipts."""
-    from receipt_pipeline_tests.benchmarks.null_dynamodb import NullDynamoDB
+    from benchmarks.null_dynamodb import NullDynamoDB
 
     rows = []
     for receipts in sizes:
         with NullDynamoDB() as sink:
             worker = subprocess.run(
-                [sys.executable, "-m", "receipt_pipeline_tests.benchmarks", "seed-worker", str(receipts), sink.url],
+                [sys.executable, "-m", "benchmarks", "seed-worker", str(receipts), sink.url],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -303,7 +303,7 @@ def _hwm_mib() -> float:
 def _child_peak(args: list[str]) -> tuple[dict, float, float]:
     """Run a worker through the launcher: its JSON line, its peak RSS in MiB and the wall seconds."""
     started = time.perf_counter()
-    command = [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "receipt_pipeline_tests.benchmarks", *args]
+    command = [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "benchmarks", *args]
     lines = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()
     peak_mib = json.loads(lines[-1])["peak_kib"] / 1024
     return json.loads(lines[-2]), peak_mib, time.perf_counter() - started
@@ -405,7 +405,7 @@ def windowing(receipts: int = 10_000, copies: int = 10) -> str:
 
 # ---------------------------------------------------------------------------------------------- demo
 
-REPOSITORY = Path(__file__).resolve().parents[2]
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def demo(runs: int = 5) -> str:
@@ -442,7 +442,7 @@ def gpu() -> str | None:
     """The GPU benchmark's Markdown; None where there is no CUDA device (the recorded results stay)."""
     import torch
 
-    from receipt_pipeline_tests.benchmarks import gpu as module
+    from benchmarks import gpu as module
 
     if not torch.cuda.is_available():
         return None
@@ -452,13 +452,13 @@ def gpu() -> str | None:
 
 
 def training_throughput() -> str:
-    from receipt_pipeline_tests.benchmarks import training_throughput as module
+    from benchmarks import training_throughput as module
 
     return module.markdown(REPEATS_AT_LEAST)
 
 
 def sroie_training() -> str:
-    from receipt_pipeline_tests.benchmarks import sroie_training as module
+    from benchmarks import sroie_training as module
 
     # whole receipts and the compact defaults: down-sampling to an entity share of 0.7 scored far lower
     return module.markdown(20.0)
