@@ -1,5 +1,5 @@
 """Security: no secret value in user data, tags or the event log; IMDSv2 and encrypted volumes on every
-placement; no pickle from S3; the dev UI on loopback; and the README's IAM policies covering exactly the
+placement; no pickle from S3; the dev UI on loopback; and the IAM policies in deploy/iam covering exactly the
 AWS calls the code makes.
 """
 
@@ -310,11 +310,12 @@ def test_the_dev_ui_binds_to_loopback_unless_a_flag_or_variable_says_otherwise(m
     assert cli.local_aws_command.make_context("local-aws", []).params["host"] == "127.0.0.1"  # the emulator too
 
 
-# ------------------------------------------------------------------------------ the README's IAM policies
+# ------------------------------------------------------------------------------ the IAM policies in deploy/iam
 
-README = REPO_ROOT / "README.md"
+IAM = REPO_ROOT / "deploy" / "iam"
 PROD_YAML = REPO_ROOT / "deploy" / "prod" / "dagster.yaml"
 HOST, INSTANCE = "Dagster host", "GPU instance role"
+POLICY_FILES = {HOST: "dagster-host.json", INSTANCE: "gpu-instance.json"}
 # which principal runs each module that calls AWS; a new module calling AWS must be placed here
 RUNS_ON = {
     "receipt_pipeline/launcher/ec2.py": {HOST},  # the launcher, terminate() and the reaper sensor
@@ -383,13 +384,9 @@ def _iam_actions(service: str, operation: str) -> set[str]:
     return IMPLIED.get((service, operation), {f"{service}:{operation}"})
 
 
-def _readme_policies() -> dict[str, dict]:
-    section = README.read_text().split("\n## IAM policy (least privilege)\n", 1)[1].split("\n## ", 1)[0]
-    policies = {}
-    for heading, body in re.findall(r"^### (.+?)\n(.*?)(?=^### |\Z)", section, re.S | re.M):
-        [block] = re.findall(r"```json\n(.*?)```", body, re.S)
-        policies[heading.strip()] = json.loads(block)
-    return policies
+def _policies() -> dict[str, dict]:
+    """The two principals' policies as deploy/iam/ ships them."""
+    return {principal: json.loads((IAM / name).read_text()) for principal, name in POLICY_FILES.items()}
 
 
 def _statements(policy: dict, action: str) -> list[dict]:
@@ -405,8 +402,8 @@ def _allowed(policy: dict) -> set[str]:
     return {a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
 
 
-def test_the_readme_policies_allow_exactly_the_aws_calls_each_principal_makes():
-    policies = _readme_policies()
+def test_the_iam_policies_allow_exactly_the_aws_calls_each_principal_makes():
+    policies = _policies()
     assert set(policies) == {HOST, INSTANCE}
     found = _operations_by_module()
     unplaced = {module: sorted(calls) for module, calls in found.items() if module not in RUNS_ON}
@@ -422,12 +419,12 @@ def test_the_readme_policies_allow_exactly_the_aws_calls_each_principal_makes():
         }
         allowed = _allowed(policy)
         assert not [a for a in allowed if "*" in a], f"{principal}: wildcard actions"
-        assert needed - allowed == set(), f"{principal}: the code calls what the README's policy does not allow"
-        assert allowed - needed == set(), f"{principal}: the README's policy allows what the code never calls"
+        assert needed - allowed == set(), f"{principal}: the code calls what its policy in deploy/iam does not allow"
+        assert allowed - needed == set(), f"{principal}: its policy in deploy/iam allows what the code never calls"
 
 
-def test_the_readme_policies_hold_the_launchers_requests_to_imdsv2_encryption_and_the_project_tag():
-    host = _readme_policies()[HOST]
+def test_the_iam_policies_hold_the_launchers_requests_to_imdsv2_encryption_and_the_project_tag():
+    host = _policies()[HOST]
     prod = yaml.safe_load(PROD_YAML.read_text())["run_launcher"]["config"]
     spec = ec2.InstanceSpec(ami="ami-0", instance_types=prod["instance_types"], extra_tags=prod["extra_tags"])
     request = ec2.run_instances_request(spec, spec.instance_types[0], ec2.SPOT, "", {})
@@ -456,7 +453,7 @@ def test_the_readme_policies_hold_the_launchers_requests_to_imdsv2_encryption_an
 
 
 def test_the_instance_role_reads_exactly_the_secrets_the_prod_launcher_names():
-    instance = _readme_policies()[INSTANCE]
+    instance = _policies()[INSTANCE]
     secrets = yaml.safe_load(PROD_YAML.read_text())["run_launcher"]["config"]["secrets"]
     named = {ref.partition(":")[2] for ref in secrets.values() if ref.startswith("ssm:")}
     [parameters] = _statements(instance, "ssm:GetParameter")
