@@ -132,14 +132,22 @@ def _prf(correct: int, predicted: int, reference: int) -> dict:
 
 def confusion_matrix(truth: Mapping[str, list[str]], predicted: Mapping[str, list[str]], labels: Sequence[str]):
     """Word-level confusion over entity labels (B- and I- folded) plus O: rows truth, columns predicted."""
+    from sklearn.metrics import confusion_matrix as counted
+
+    def label(tag: str) -> str:
+        return tag if tag == OUTSIDE else tag[2:]
+
     names = [*labels, OUTSIDE]
-    index = {name: i for i, name in enumerate(names)}
-    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
+    y_true, y_pred = [], []
     for key, reference in truth.items():
         guess = predicted.get(key, [OUTSIDE] * len(reference))
-        for t, p in zip(reference, guess, strict=True):
-            matrix[index[t[2:] if t != OUTSIDE else OUTSIDE], index[p[2:] if p != OUTSIDE else OUTSIDE]] += 1
-    return names, matrix
+        if len(guess) != len(reference):
+            raise ValueError(f"receipt {key}: {len(guess)} predicted tags for {len(reference)} words")
+        y_true.extend(label(tag) for tag in reference)
+        y_pred.extend(label(tag) for tag in guess)
+    if not y_true:
+        return names, np.zeros((len(names), len(names)), dtype=np.int64)
+    return names, counted(y_true, y_pred, labels=names).astype(np.int64)
 
 
 def confusion_png(names: Sequence[str], matrix: np.ndarray) -> bytes:
