@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import NonNegativeFloat, NonNegativeInt, ValidationError
+from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from receipt_pipeline.core.errors import ExplainedError
@@ -32,10 +32,10 @@ class SettingsError(ExplainedError, RuntimeError):
     pass
 
 
-class Environment(BaseSettings):
-    """The variables, by their own names. An empty value counts as unset."""
+class Variables(BaseModel):
+    """The variables, by their own names, validated: from a mapping given (a test's, a child's environment)."""
 
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", env_ignore_empty=True)
+    model_config = ConfigDict(extra="ignore")
 
     # the deployment
     RECEIPT_PIPELINE_DEPLOYMENT: str = "local"
@@ -63,12 +63,18 @@ class Environment(BaseSettings):
     RANK: NonNegativeInt = 0
 
 
-def environment(values: Mapping[str, str] | None = None) -> Environment:
+class Environment(Variables, BaseSettings):
+    """The same variables, read from this process's environment. An empty value counts as unset."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", env_ignore_empty=True)
+
+
+def environment(values: Mapping[str, str] | None = None) -> Variables:
     """The variables of this process now, or of ``values`` alone; a malformed one raises :class:`SettingsError`."""
     try:
         if values is None:
             return Environment()
-        return Environment.model_validate({name: value for name, value in values.items() if value != ""})
+        return Variables.model_validate({name: value for name, value in values.items() if value != ""})
     except ValidationError as error:
         problem = error.errors()[0]
         name = str(problem["loc"][0])

@@ -74,3 +74,13 @@ def test_empty_values_count_as_unset_and_the_deployment_picks_the_defaults(tmp_p
         "microsoft/layoutlm-base-uncased",
         None,
     )
+
+
+def test_settings_from_a_mapping_read_nothing_else_and_from_the_process_read_it_now(monkeypatch):
+    monkeypatch.setenv("SROIE_DIR", "/from/the/process")
+    monkeypatch.setenv("RECEIPT_PIPELINE_MAX_TRAIN_MINUTES", "7")
+    given = DeploymentSettings.from_env({"RECEIPTS_TABLE": "given"})
+    assert (given.sroie_dir, given.max_train_minutes, given.receipts_table) == (None, 2.5, "given")
+    assert DeploymentSettings.from_env().sroie_dir == "/from/the/process"
+    monkeypatch.setenv("RECEIPT_PIPELINE_MAX_TRAIN_MINUTES", "8")
+    assert settings.environment().RECEIPT_PIPELINE_MAX_TRAIN_MINUTES == 8  # read afresh, never cached
