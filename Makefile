@@ -10,7 +10,7 @@ export RECEIPT_PIPELINE_DATA_DIR ?= $(CURDIR)/.data
 export SROIE_DIR ?= $(abspath $(CURDIR)/../shared/data/sroie)
 LOCAL_AWS_PORT ?= 5466
 
-.PHONY: install browser demo test dev bench lint wheel clean
+.PHONY: install browser demo test dev bench lint wheel deploy-check publish clean
 
 install: $(STAMP)
 
@@ -35,8 +35,12 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 	  echo "chromium not installed: run 'sudo apt-get install chromium chromium-driver' for the UI test"
 
-test: install browser
+test: install browser deploy-check
 	$(BIN)/python -m pytest -q
+
+# the prod stack's template against CloudFormation's resource specs and rules
+deploy-check: install
+	$(BIN)/cfn-lint deploy/cloudformation/receipt-pipeline.yaml
 
 # rewrites BENCHMARKS.md's sections; BENCH="windowing demo" runs only those (names: see benchmarks/__main__.py)
 bench: install
@@ -45,6 +49,11 @@ bench: install
 # the wheel GPU instances install (upload it under the launcher's wheel_prefix)
 wheel: install
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+
+# builds the wheel and uploads it, with deploy/prod/dagster.yaml, under the stack's wheel prefix: make publish STACK=name
+publish: install
+	@test -n "$(STACK)" || { echo "usage: make publish STACK=<the prod stack's name>"; exit 2; }
+	$(BIN)/receipt-pipeline publish --stack $(STACK)
 
 lint: install
 	$(BIN)/ruff check receipt_pipeline receipt_pipeline_tests benchmarks

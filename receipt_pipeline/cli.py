@@ -1,4 +1,5 @@
-"""The ``receipt-pipeline`` command: the local AWS emulator, synthetic data, the demo and the dev UI."""
+"""The ``receipt-pipeline`` command: the local AWS emulator, synthetic data, the demo and the dev UI; publishing to
+the prod stack and starting its host's services."""
 
 from __future__ import annotations
 
@@ -371,6 +372,50 @@ def dev(port: int, ui_host: str, ui_port: int, receipts: int) -> None:
         if ui is not None:
             stop_process(ui, timeout=30)
         stop_process(emulator)
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@main.command()
+@click.option("--stack", "stack_name", required=True, help="The prod stack (deploy/cloudformation).")
+@click.option(
+    "--wheel",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A wheel built already; default: build this checkout's.",
+)
+def publish(stack_name: str, wheel: Path | None) -> None:
+    """Upload this code's wheel (and deploy/prod/dagster.yaml beside it) under the stack's wheel prefix, where
+    the Dagster host and every GPU instance it launches install it from."""
+    import tempfile
+
+    from receipt_pipeline.core import stack
+
+    if not stack.INSTANCE_CONFIG.exists():
+        raise click.ClickException(f"{stack.INSTANCE_CONFIG}: not found; publish runs from a source checkout")
+    with tempfile.TemporaryDirectory(prefix="receipt-pipeline-wheel-") as built:
+        if wheel is None:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", built, str(PROJECT_ROOT)],
+                check=True,
+            )
+            [wheel] = Path(built).glob("receipt_pipeline-*.whl")
+        for uri in stack.publish(stack_name, wheel):
+            click.echo(uri)
+
+
+@main.command("host-exec", context_settings={"ignore_unknown_options": True})
+@click.option("--stack", "stack_name", required=True, help="The prod stack this host belongs to.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def host_exec(stack_name: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND (after --) with the stack's outputs as its environment and its secrets fetched by name:
+    how the Dagster host's services start. Nothing is written down or printed."""
+    from receipt_pipeline.core import stack
+
+    env = variables() | stack.host_environment(stack_name)
+    sys.stdout.flush()
+    os.execvpe(command[0], list(command), env)
 
 
 def _exit_cleanly_on_sigterm() -> None:

@@ -55,6 +55,14 @@ def artifacts_bucket(aws_emulator) -> str:
 
 
 @pytest.fixture(scope="session")
+def prod_stack(aws_emulator):
+    """deploy/cloudformation/receipt-pipeline.yaml deployed once into the emulator (see emulated_stack.py)."""
+    from receipt_pipeline_tests import emulated_stack
+
+    return emulated_stack.deploy()
+
+
+@pytest.fixture(scope="session")
 def shared_sroie_dir() -> Path:
     if not (SHARED_SROIE / "train" / "box").is_dir():
         pytest.fail(f"the shared SROIE training split is missing at {SHARED_SROIE}")

@@ -123,7 +123,7 @@ class EC2GpuRunLauncher(RunLauncher, ConfigurableClass):
             "market": Field(str, is_required=False, default_value=ec2.SPOT, description="spot or on-demand"),
             "max_spot_price": Field(Noneable(str), is_required=False, default_value=None),
             "subnet_id": Field(Noneable(StringSource), is_required=False, default_value=None),
-            "security_group_ids": Field([str], is_required=False),
+            "security_group_ids": Field([StringSource], is_required=False),
             "instance_profile": Field(Noneable(StringSource), is_required=False, default_value=None),
             "root_volume_gb": Field(IntSource, is_required=False, default_value=200),
             "root_device_name": Field(str, is_required=False, default_value="/dev/sda1"),

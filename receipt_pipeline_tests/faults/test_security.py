@@ -1,5 +1,5 @@
 """Security: no secret value in user data, tags or the event log; IMDSv2 and encrypted volumes on every
-placement; no pickle from S3; the dev UI on loopback; and the IAM policies in deploy/iam covering exactly the
+placement; no pickle from S3; the dev UI on loopback; and the prod stack's IAM policies covering exactly the
 AWS calls the code makes.
 """
 
@@ -23,10 +23,11 @@ from dagster._serdes.config_class import ConfigurableClassData
 from safetensors.numpy import save as save_safetensors
 
 from receipt_pipeline import cli
-from receipt_pipeline.core import aws, base_model, evaluation, model, storage
+from receipt_pipeline.core import aws, base_model, evaluation, model, stack, storage
 from receipt_pipeline.core.checkpoint_store import COMPLETE_MARKER, CheckpointError, restore_latest
 from receipt_pipeline.launcher import EC2GpuRunLauncher, ec2, tags, user_data
 from receipt_pipeline.launcher.no_secrets import SecretValueError
+from receipt_pipeline_tests import emulated_stack
 from receipt_pipeline_tests.faults.conftest import (
     REPO_ROOT,
     create_gpu_run,
@@ -36,7 +37,7 @@ from receipt_pipeline_tests.faults.conftest import (
     monitor,
     run_instances_of,
 )
-from receipt_pipeline_tests.launcher.emulated_ec2 import DEEP_LEARNING_AMI, hold_pending
+from receipt_pipeline_tests.launcher.emulated_ec2 import DEEP_LEARNING_AMI, EMULATOR_ACCOUNT, hold_pending
 
 # ------------------------------------------------------------------------------ secrets
 
@@ -310,19 +311,21 @@ def test_the_dev_ui_binds_to_loopback_unless_a_flag_or_variable_says_otherwise(m
     assert cli.local_aws_command.make_context("local-aws", []).params["host"] == "127.0.0.1"  # the emulator too
 
 
-# ------------------------------------------------------------------------------ the IAM policies in deploy/iam
+# ------------------------------------------------------------------------------ the stack's IAM policies
 
-IAM = REPO_ROOT / "deploy" / "iam"
 PROD_YAML = REPO_ROOT / "deploy" / "prod" / "dagster.yaml"
 HOST, INSTANCE = "Dagster host", "GPU instance role"
-POLICY_FILES = {HOST: "dagster-host.json", INSTANCE: "gpu-instance.json"}
+ROLES = {HOST: "HostRole", INSTANCE: "GpuInstanceRole"}  # logical ids in deploy/cloudformation
+TEMPLATE = "deploy/cloudformation/receipt-pipeline.yaml"
 # which principal runs each module that calls AWS; a new module calling AWS must be placed here
 RUNS_ON = {
     "receipt_pipeline/launcher/ec2.py": {HOST},  # the launcher, terminate() and the reaper sensor
     "receipt_pipeline/core/dynamo_reader.py": {HOST},  # ingestion runs and the new-labels sensor
     "receipt_pipeline/core/storage.py": {HOST, INSTANCE},
+    "receipt_pipeline/core/stack.py": {HOST},  # `host-exec`, which starts the host's services
     "receipt_pipeline/launcher/bootstrap.py": {INSTANCE},
     "receipt_pipeline/launcher/user_data.py": {INSTANCE},  # `aws s3 cp` of the wheel
+    TEMPLATE: {HOST},  # the host's user data: `aws s3 cp` of the wheel and the instance config
     # the local emulator only: provisioning, seeding, `receipt-pipeline dev`
     "receipt_pipeline/cli.py": set(),
     "receipt_pipeline/core/local_aws.py": set(),
@@ -340,14 +343,30 @@ IMPLIED = {
     ("s3", "download_fileobj"): {"s3:GetObject"},
     ("s3", "upload_file"): {"s3:PutObject", "s3:AbortMultipartUpload"},
     ("s3", "upload_fileobj"): {"s3:PutObject", "s3:AbortMultipartUpload"},
-    ("s3", "cp"): {"s3:GetObject"},  # the AWS CLI in the user data
+    ("s3", "cp"): {"s3:GetObject"},  # the AWS CLI in user data
 }
 S3_MANAGED = {"copy", "upload_file", "download_file", "upload_fileobj", "download_fileobj"}
 
 
+def _prod_launcher() -> dict:
+    return yaml.safe_load(PROD_YAML.read_text())["run_launcher"]["config"]
+
+
+def _configured(service: str, operation: str) -> bool:
+    """Whether the prod config makes a call the code can make: the bootstrap fetches ``ssm:`` and
+    ``secretsmanager:`` secrets, and prod names only the second kind."""
+    kinds = {reference.partition(":")[0] for reference in _prod_launcher()["secrets"].values()}
+    if (service, operation) == ("ssm", "GetParameter"):
+        return "ssm" in kinds
+    if (service, operation) == ("secretsmanager", "GetSecretValue"):
+        return "secretsmanager" in kinds
+    return True
+
+
 def _operations_by_module() -> dict[str, set[tuple[str, str]]]:
     """(service, operation) of every AWS call in the package, by module: boto3 client methods, paginators,
-    operation names handed to a helper with the client, boto3's managed S3 transfers, and ``aws s3 cp``."""
+    operation names handed to a helper with the client, boto3's managed S3 transfers, and ``aws s3 cp`` (in
+    the package and in the stack's user data)."""
     session = botocore.session.get_session()
     sources = {path: path.read_text() for path in sorted((REPO_ROOT / "receipt_pipeline").rglob("*.py"))}
     services = {m for text in sources.values() for m in re.findall(r'client\(\s*"([a-z0-9-]+)"', text)}
@@ -377,6 +396,11 @@ def _operations_by_module() -> dict[str, set[tuple[str, str]]]:
             calls.add(("s3", "cp"))
         if calls:
             found[module] = calls
+    host = emulated_stack.template()["Resources"]["DagsterHost"]
+    host_user_data = host["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+    cli_calls = set(re.findall(r"\baws ([a-z0-9-]+) ([a-z0-9-]+)\b", host_user_data))
+    assert cli_calls == {("s3", "cp")}, f"the host's user data calls {sorted(cli_calls)}: place them in IMPLIED"
+    found[TEMPLATE] = {("s3", "cp")}
     return found
 
 
@@ -384,27 +408,25 @@ def _iam_actions(service: str, operation: str) -> set[str]:
     return IMPLIED.get((service, operation), {f"{service}:{operation}"})
 
 
-def _policies() -> dict[str, dict]:
-    """The two principals' policies as deploy/iam/ ships them."""
-    return {principal: json.loads((IAM / name).read_text()) for principal, name in POLICY_FILES.items()}
+def _policies(stack) -> dict[str, dict]:
+    """The two principals' policies as the stack created them in the emulator's IAM."""
+    return {principal: stack.role_policy(logical_id) for principal, logical_id in ROLES.items()}
+
+
+def _listed(value) -> list:
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _statements(policy: dict, action: str) -> list[dict]:
-    listed = lambda value: [value] if isinstance(value, str) else list(value)  # noqa: E731
-    return [s for s in policy["Statement"] if s["Effect"] == "Allow" and action in listed(s["Action"])]
-
-
-def _ec2_arn(resource: str) -> str:
-    return f"arn:aws:ec2:REGION:ACCOUNT_ID:{resource}"
+    return [s for s in policy["Statement"] if s["Effect"] == "Allow" and action in _listed(s["Action"])]
 
 
 def _allowed(policy: dict) -> set[str]:
-    return {a for s in policy["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    return {a for s in policy["Statement"] for a in _listed(s["Action"])}
 
 
-def test_the_iam_policies_allow_exactly_the_aws_calls_each_principal_makes():
-    policies = _policies()
-    assert set(policies) == {HOST, INSTANCE}
+def test_the_stacks_policies_allow_exactly_the_aws_calls_each_principal_makes(prod_stack):
+    policies = _policies(prod_stack)
     found = _operations_by_module()
     unplaced = {module: sorted(calls) for module, calls in found.items() if module not in RUNS_ON}
     assert unplaced == {}, "modules calling AWS that no principal is known to run: place them in RUNS_ON"
@@ -415,49 +437,90 @@ def test_the_iam_policies_allow_exactly_the_aws_calls_each_principal_makes():
             for module, calls in found.items()
             if principal in RUNS_ON[module]
             for service, operation in calls
+            if _configured(service, operation)
             for action in _iam_actions(service, operation)
         }
         allowed = _allowed(policy)
         assert not [a for a in allowed if "*" in a], f"{principal}: wildcard actions"
-        assert needed - allowed == set(), f"{principal}: the code calls what its policy in deploy/iam does not allow"
-        assert allowed - needed == set(), f"{principal}: its policy in deploy/iam allows what the code never calls"
+        assert needed - allowed == set(), f"{principal}: the code calls what the stack's policy does not allow"
+        assert allowed - needed == set(), f"{principal}: the stack's policy allows what the code never calls"
+        resources = [r for s in policy["Statement"] for r in _listed(s["Resource"]) if r is not None]
+        assert all(r == "*" or r.startswith("arn:aws:") for r in resources), f"{principal}: {resources}"
+    # the operator's way into the host (Session Manager) is the one managed policy, which the code does not
+    # use; read from the template, since the emulator's CloudFormation does not attach managed policies
+    declared = emulated_stack.template()["Resources"]
+    managed = {
+        principal: declared[role]["Properties"].get("ManagedPolicyArns", []) for principal, role in ROLES.items()
+    }
+    assert managed == {
+        HOST: [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"}],
+        INSTANCE: [],
+    }
 
 
-def test_the_iam_policies_hold_the_launchers_requests_to_imdsv2_encryption_and_the_project_tag():
-    host = _policies()[HOST]
-    prod = yaml.safe_load(PROD_YAML.read_text())["run_launcher"]["config"]
+def _ec2_arn(stack, resource: str) -> str:
+    return f"arn:aws:ec2:{stack.outputs['Region']}:{EMULATOR_ACCOUNT}:{resource}"
+
+
+def test_the_hosts_policy_holds_the_launchers_requests_to_imdsv2_encryption_its_tags_and_its_stack(prod_stack):
+    host = _policies(prod_stack)[HOST]
+    prod = _prod_launcher()
     spec = ec2.InstanceSpec(ami="ami-0", instance_types=prod["instance_types"], extra_tags=prod["extra_tags"])
     request = ec2.run_instances_request(spec, spec.instance_types[0], ec2.SPOT, "", {})
     request_tags = {t["Key"]: t["Value"] for t in request["TagSpecifications"][0]["Tags"]}
 
-    [on_instances] = [s for s in _statements(host, "ec2:RunInstances") if s["Resource"] == _ec2_arn("instance/*")]
+    [on_instances] = [
+        s for s in _statements(host, "ec2:RunInstances") if s["Resource"] == _ec2_arn(prod_stack, "instance/*")
+    ]
     condition = on_instances["Condition"]["StringEquals"]
     assert condition["ec2:MetadataHttpTokens"] == request["MetadataOptions"]["HttpTokens"] == "required"
-    assert set(spec.instance_types) <= set(condition["ec2:InstanceType"])
+    # the emulator joins a CommaDelimitedList parameter into one string where CloudFormation gives a list
+    allowed_types = condition["ec2:InstanceType"]
+    allowed_types = allowed_types.split(",") if isinstance(allowed_types, str) else allowed_types
+    assert set(spec.instance_types) <= set(allowed_types)
     assert request_tags["project"] == condition["aws:RequestTag/project"]
-    [on_volumes] = [s for s in _statements(host, "ec2:RunInstances") if s["Resource"] == _ec2_arn("volume/*")]
+    [on_volumes] = [
+        s for s in _statements(host, "ec2:RunInstances") if s["Resource"] == _ec2_arn(prod_stack, "volume/*")
+    ]
     assert on_volumes["Condition"] == {"Bool": {"ec2:Encrypted": "true"}}
     assert all(mapping["Ebs"]["Encrypted"] for mapping in request["BlockDeviceMappings"])
+    [placement] = [s for s in _statements(host, "ec2:RunInstances") if "Condition" not in s]
+    outputs = prod_stack.outputs
+    assert {
+        _ec2_arn(prod_stack, f"subnet/{outputs['GpuSubnet']}"),
+        _ec2_arn(prod_stack, f"security-group/{outputs['GpuSecurityGroup']}"),
+        f"arn:aws:ec2:{outputs['Region']}::image/{outputs['GpuAmi']}",
+    } <= set(placement["Resource"])
     [terminate] = _statements(host, "ec2:TerminateInstances")
     assert terminate["Condition"]["StringEquals"]["aws:ResourceTag/project"] == request_tags["project"]
     # launched with the deployment's tag, and only its own instances can be ended
     deployment = f"aws:ResourceTag/{tags.INSTANCE_DEPLOYMENT}"
-    assert terminate["Condition"]["StringEquals"][deployment] == prod["deployment"]
+    assert terminate["Condition"]["StringEquals"][deployment] == prod["deployment"] == outputs["Deployment"]
     assert condition[f"aws:RequestTag/{tags.INSTANCE_DEPLOYMENT}"] == prod["deployment"]
     [tagging] = _statements(host, "ec2:CreateTags")
     assert tagging["Condition"] == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
     [pass_role] = _statements(host, "iam:PassRole")
-    assert "*" not in pass_role["Resource"] and pass_role["Condition"]["StringEquals"]["iam:PassedToService"] == (
-        "ec2.amazonaws.com"
-    )
+    assert pass_role["Resource"] == outputs["GpuInstanceRole"]
+    assert pass_role["Condition"]["StringEquals"]["iam:PassedToService"] == "ec2.amazonaws.com"
+    [describe_stack] = _statements(host, "cloudformation:DescribeStacks")
+    assert describe_stack["Resource"].split("/")[1] == prod_stack.name  # its own stack only
 
 
-def test_the_instance_role_reads_exactly_the_secrets_the_prod_launcher_names():
-    instance = _policies()[INSTANCE]
-    secrets = yaml.safe_load(PROD_YAML.read_text())["run_launcher"]["config"]["secrets"]
-    named = {ref.partition(":")[2] for ref in secrets.values() if ref.startswith("ssm:")}
-    [parameters] = _statements(instance, "ssm:GetParameter")
-    granted = {arn.split(":parameter", 1)[1] for arn in parameters["Resource"]}
-    assert granted == named and not any("*" in name for name in granted)
-    [secret_values] = _statements(instance, "secretsmanager:GetSecretValue")
-    assert all(":secret:" in arn and "*" not in arn for arn in secret_values["Resource"])
+def test_each_principal_reads_exactly_the_secrets_the_prod_launcher_names(prod_stack):
+    # the emulator's CloudFormation has no secrets (emulated_stack.NOT_EMULATED): the policies name them by
+    # Ref, read from the template, and each Ref'd secret's name is the one deploy/prod/dagster.yaml fetches
+    declared = emulated_stack.template()
+    default_deployment = declared["Parameters"]["DeploymentName"]["Default"]
+    assert default_deployment == _prod_launcher()["deployment"]
+    names = {}
+    for logical_id, resource in declared["Resources"].items():
+        if resource["Type"] == "AWS::SecretsManager::Secret":
+            names[logical_id] = resource["Properties"]["Name"]["Fn::Sub"].replace(
+                "${DeploymentName}", default_deployment
+            )
+    named = {ref.partition(":")[2] for ref in _prod_launcher()["secrets"].values()}
+    assert set(names.values()) == named == {stack.secret_name("prod", secret) for secret in stack.SECRETS.values()}
+    for logical_id in ROLES.values():
+        statements = declared["Resources"][logical_id]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        [secret_values] = [s for s in statements if s["Action"] == "secretsmanager:GetSecretValue"]
+        assert secret_values["Resource"] == [{"Ref": logical} for logical in names], logical_id

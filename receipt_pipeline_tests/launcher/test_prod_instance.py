@@ -1,14 +1,18 @@
-"""deploy/prod/dagster.yaml: a valid instance config whose launcher builds from it (no Postgres needed)."""
+"""deploy/prod/dagster.yaml: a valid instance config whose launcher builds from it (no Postgres needed), reading
+nothing but the prod stack's outputs and secrets."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import dagster as dg
+import yaml
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 
+from receipt_pipeline.core import stack
 from receipt_pipeline.defs import training
 from receipt_pipeline.launcher import EC2GpuRunLauncher, tags
 
@@ -16,13 +20,14 @@ PROD_YAML = Path(__file__).resolve().parents[2] / "deploy" / "prod" / "dagster.y
 PROD_ENV = {
     "DAGSTER_PG_HOST": "db.internal",
     "DAGSTER_PG_USERNAME": "dagster",
-    "DAGSTER_PG_PASSWORD": "from-ssm-at-start",
+    "DAGSTER_PG_PASSWORD": "fetched-at-start",
     "DAGSTER_PG_DB": "dagster",
     "RECEIPT_PIPELINE_BUCKET": "receipts-prod",
     "RECEIPTS_TABLE": "receipts",
     "AWS_REGION": "eu-west-1",
     "RECEIPT_PIPELINE_GPU_AMI": "ami-0123456789abcdef0",
     "RECEIPT_PIPELINE_GPU_SUBNET": "subnet-0123",
+    "RECEIPT_PIPELINE_GPU_SECURITY_GROUP": "sg-0123",
     "RECEIPT_PIPELINE_GPU_INSTANCE_PROFILE": "receipt-pipeline-gpu",
     "RECEIPT_PIPELINE_WHEEL_PREFIX": "s3://receipts-prod/wheels",
 }
@@ -52,10 +57,27 @@ def test_the_prod_instance_config_is_valid_and_builds_the_gpu_launcher(tmp_path,
     environment = launcher.worker_environment()
     assert environment["RECEIPT_PIPELINE_DEPLOYMENT"] == "prod" and environment["RECEIPTS_TABLE"] == "receipts"
     assert "DAGSTER_PG_PASSWORD" not in environment  # fetched by name on the instance
-    assert launcher.secrets == {
-        "DAGSTER_PG_PASSWORD": "ssm:/receipt-pipeline/dagster-pg-password",
-        "RECEIPT_PIPELINE_OPTUNA_STORAGE": "ssm:/receipt-pipeline/optuna-storage",
-    }
+    assert launcher.spec.security_group_ids == ("sg-0123",)
+    # the stack's secrets, by the names it gives them
+    assert (
+        launcher.secrets
+        == stack.secret_references("prod")
+        == {
+            "DAGSTER_PG_PASSWORD": "secretsmanager:receipt-pipeline/prod/dagster-pg-password",
+            "RECEIPT_PIPELINE_OPTUNA_STORAGE": "secretsmanager:receipt-pipeline/prod/optuna-storage",
+        }
+    )
+
+
+def test_every_value_the_prod_instance_reads_is_an_output_or_a_secret_of_the_stack_and_none_is_a_placeholder():
+    text = PROD_YAML.read_text()
+    settings = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    read = set(re.findall(r"\{env: ([A-Z0-9_]+)\}", settings))
+    copied = {entry.partition("=")[0] for entry in yaml.safe_load(text)["run_launcher"]["config"]["env_vars"]}
+    from_stack = set(stack.environment("s", dict.fromkeys(stack.OUTPUT_VARIABLES, "v"))) | set(stack.SECRETS)
+    assert read | copied <= from_stack
+    assert set(PROD_ENV) == from_stack - {"RECEIPT_PIPELINE_DEPLOYMENT", "RECEIPT_PIPELINE_OPTUNA_STORAGE"}
+    assert not re.search(r"REPLACE|CHANGE-?ME|TODO|xxx", text, re.IGNORECASE)
 
 
 def test_the_training_asset_is_in_the_gpu_pool():
@@ -93,7 +115,7 @@ def test_a_sweep_trial_run_launched_by_the_prod_instance_gets_the_optuna_storage
         spec = read_run_spec(launcher.render_user_data(run))
 
     # sweep_trial cannot open its study without it; a reference the bootstrap fetches, never the URL itself
-    assert spec["secrets"]["RECEIPT_PIPELINE_OPTUNA_STORAGE"] == "ssm:/receipt-pipeline/optuna-storage"
+    assert spec["secrets"]["RECEIPT_PIPELINE_OPTUNA_STORAGE"] == "secretsmanager:receipt-pipeline/prod/optuna-storage"
     assert "RECEIPT_PIPELINE_OPTUNA_STORAGE" not in spec["env"]
     assert spec["env"]["RECEIPT_PIPELINE_DEPLOYMENT"] == "prod"
     assert launcher.deployment == "prod"
