@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -77,46 +78,142 @@ def _normalised(text: str) -> str:
     return re.sub(r"\s+", "", text or "").upper()
 
 
+# amounts: the last number of the text (a currency, a cue or a card number before it), e.g. "CC*7185:RM111.90"
+AMOUNT = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")
+NUMERIC_DATE = re.compile(r"(\d{1,4})[/.\-](\d{1,2})[/.\-](\d{2,4})")
+NAMED_DATE = re.compile(r"(\d{1,2})[\s\-/.]*(JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)[A-Z]*[\s\-/.,]*(\d{2,4})")
+COMPACT_DATE = re.compile(r"(?<!\d)(20\d{2})(\d{2})(\d{2})(?!\d)")
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+# a word that calls the amount after it the total, and words that call it something else
+TOTAL_CUE = re.compile(r"TOTAL|JUMLAH|AMOUNT|NETT|DUE|PAYABLE", re.IGNORECASE)
+NOT_THE_TOTAL = re.compile(r"SUB|TAX|GST|SST|ROUND|DISC|SAVING|QTY|ITEM|CASH|CHANGE|TENDER|EXCL", re.IGNORECASE)
+# a company's registration number printed after its name: "SDN BHD(728384-M)"
+REGISTRATION = re.compile(r"\(?\s*\d{5,}\s*-\s*[A-Z0-9]\s*\)?$")
+
+
+def _date(text: str) -> str | None:
+    upper = text.upper()
+    for match in NUMERIC_DATE.finditer(upper):
+        first, month, last = match.groups()
+        year, day = (first, last) if len(first) == 4 else (last, first)
+        if _valid(int(year), int(month), int(day)):
+            return _iso(int(year), int(month), int(day))
+    for match in NAMED_DATE.finditer(upper):
+        day, month, year = match.groups()
+        if _valid(int(year), MONTHS.index(month) + 1, int(day)):
+            return _iso(int(year), MONTHS.index(month) + 1, int(day))
+    for match in COMPACT_DATE.finditer(upper):
+        year, month, day = (int(group) for group in match.groups())
+        if _valid(year, month, day):
+            return _iso(year, month, day)
+    return None
+
+
+def _valid(year: int, month: int, day: int) -> bool:
+    return 1 <= month <= 12 and 1 <= day <= 31 and (year < 100 or 1990 <= year <= 2099)
+
+
+def _iso(year: int, month: int, day: int) -> str:
+    return f"{year + 2000 if year < 100 else year:04d}-{month:02d}-{day:02d}"
+
+
+def _amount(text: str) -> str | None:
+    numbers = AMOUNT.findall(text.replace(" ", ""))
+    return f"{Decimal(numbers[-1].replace(',', '')):.2f}" if numbers else None
+
+
+def comparable(field: str, text: str) -> str:
+    """The form a field's value is compared in, for the reference and the prediction alike: a total as its
+    amount with two decimals ("RM 9.00", "TOTAL:$9.0" and "9.00" are one), a date as year-month-day
+    ("DATE:28-03-18" and "28/03/2018" are one), every field with whitespace and case ignored."""
+    if field == "total":
+        return _amount(text or "") or _normalised(text)
+    if field == "date":
+        return _date(text or "") or _normalised(text)
+    return _normalised(text)
+
+
 def extract_fields(words: Sequence[str], tags: Sequence[str], field_labels: Mapping[str, str]) -> dict[str, str]:
-    """SROIE fields from tagged words: the address is all of its words, the total the last entity
-    (the payable total sits below subtotals), the others their first entity."""
-    entities: dict[str, list[list[str]]] = {}
-    for word, tag in zip(words, tags, strict=True):
+    """SROIE fields from tagged words: the address is all of its words; the total the amount the receipt calls
+    the total (the last one after a cue such as TOTAL that no SUBTOTAL, TAX or CASH qualifies, else the last
+    one: the payable total sits below subtotals); the company its first span, adjacent spans joined, without
+    a registration number; the date its first span."""
+    entities: dict[str, list[tuple[int, list[str]]]] = {}
+    for index, (word, tag) in enumerate(zip(words, tags, strict=True)):
         if tag == OUTSIDE:
             continue
         label = tag[2:]
         runs = entities.setdefault(label, [])
-        if tag.startswith("B-") or not runs:
-            runs.append([])
-        runs[-1].append(word)
+        adjacent = bool(runs) and runs[-1][0] + len(runs[-1][1]) == index
+        if tag.startswith("B-") or not adjacent:
+            runs.append((index, []))
+        runs[-1][1].append(word)
     fields = {}
     for field, label in field_labels.items():
         runs = entities.get(label, [])
         if not runs:
             fields[field] = ""
         elif field == "address":
-            fields[field] = " ".join(word for run in runs for word in run)
+            fields[field] = " ".join(word for _, run in runs for word in run)
         elif field == "total":
-            fields[field] = " ".join(runs[-1])
+            called = [run for start, run in runs if _called_total(words, start)]
+            fields[field] = " ".join((called or [run for _, run in runs])[-1])
+        elif field == "company":
+            first, *rest = runs
+            span = list(first[1])
+            for start, run in rest:  # a span the tagger broke in two (B- inside the name)
+                if start == first[0] + len(span):
+                    span += run
+            fields[field] = REGISTRATION.sub("", " ".join(span)).strip()
         else:
-            fields[field] = " ".join(runs[0])
+            fields[field] = " ".join(runs[0][1])
     return fields
 
 
+def _called_total(words: Sequence[str], start: int, reach: int = 3) -> bool:
+    before = " ".join(words[max(0, start - reach) : start + 1])
+    return bool(TOTAL_CUE.search(before)) and not NOT_THE_TOTAL.search(before)
+
+
 def field_scores(truth: Mapping[str, Mapping[str, str]], predicted: Mapping[str, Mapping[str, str]]) -> dict:
-    """Field-level exact match (ignoring whitespace and case) over every receipt's non-empty fields:
-    precision over predicted fields, recall over reference fields, per field and overall."""
+    """Field-level exact match (in :func:`comparable` form) over every receipt's non-empty fields: precision
+    over predicted fields, recall over reference fields, per field and overall."""
     per_field = {}
     totals = np.zeros(3, dtype=np.int64)  # correct, predicted, reference
     for field in SROIE_FIELDS:
         counts = np.zeros(3, dtype=np.int64)
         for key, reference in truth.items():
-            expected = _normalised(reference.get(field, ""))
-            got = _normalised(predicted.get(key, {}).get(field, ""))
+            expected = comparable(field, reference.get(field, "")) if reference.get(field) else ""
+            value = predicted.get(key, {}).get(field, "")
+            got = comparable(field, value) if value else ""
             counts += [bool(expected) and got == expected, bool(got), bool(expected)]
         per_field[field] = _prf(*counts)
         totals += counts
     return {"overall": _prf(*totals), "per_field": per_field, "receipts": len(truth)}
+
+
+def field_errors(
+    truth: Mapping[str, Mapping[str, str]],
+    predicted: Mapping[str, Mapping[str, str]],
+    from_true_tags: Mapping[str, Mapping[str, str]],
+) -> dict[str, dict[str, int]]:
+    """Per field, the receipts whose value is wrong, split by cause: a tagging error where the extraction
+    applied to the true tags gets it right, an extraction error (or an annotation the words cannot give)
+    where it gets it wrong too."""
+    errors = {}
+    for field in SROIE_FIELDS:
+        counts = {"errors": 0, "tagging": 0, "extraction": 0}
+        for key, reference in truth.items():
+            if not reference.get(field):
+                continue
+            expected = comparable(field, reference[field])
+            if comparable(field, predicted.get(key, {}).get(field, "")) == expected:
+                continue
+            counts["errors"] += 1
+            oracle = comparable(field, from_true_tags.get(key, {}).get(field, ""))
+            counts["tagging" if oracle == expected else "extraction"] += 1
+        errors[field] = counts
+    return errors
 
 
 def _prf(correct: int, predicted: int, reference: int) -> dict:
@@ -254,15 +351,31 @@ class Report:
             for name, v in rows
         ]
         if self.fields:
+            errors = self.fields.get("errors") or {}
             lines += [
                 "",
-                f"SROIE field-level exact match ({self.fields['receipts']} receipts, whitespace and case ignored):",
+                f"SROIE field-level exact match ({self.fields['receipts']} receipts, whitespace and case ignored, "
+                "totals compared as amounts and dates as dates). A wrong value is a tagging error where the "
+                "same extraction applied to the true tags is right, else an extraction error:",
                 "",
-                "| field | precision | recall | F1 | correct | support |",
-                "|---|---:|---:|---:|---:|---:|",
+                "| field | precision | recall | F1 | correct | support | tagging errors | extraction errors |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
             ]
             field_rows = list(self.fields["per_field"].items()) + [("**overall**", self.fields["overall"])]
-            lines += [f"| {name} | {_scores_row(v)} | {v['correct']} | {v['support']} |" for name, v in field_rows]
+            for name, v in field_rows:
+                counts = errors.get(name) or {
+                    "tagging": sum(e["tagging"] for e in errors.values()),
+                    "extraction": sum(e["extraction"] for e in errors.values()),
+                }
+                lines.append(
+                    f"| {name} | {_scores_row(v)} | {v['correct']} | {v['support']} | {counts['tagging']} "
+                    f"| {counts['extraction']} |"
+                )
+            if self.fields.get("from_true_tags"):
+                lines += [
+                    "",
+                    f"The extraction applied to the true tags: field F1 {self.fields['from_true_tags']['f1']:.3f}.",
+                ]
         return "\n".join(lines) + "\n"
 
 
@@ -300,7 +413,11 @@ def evaluate(
         field_labels = {name.lower(): label for name, label in (sroie_labels or {}).items()}
         scored = {key: references[key] for key in predicted if key in references}
         guesses = {key: extract_fields(words[key], predicted[key], field_labels) for key in scored}
-        fields = field_scores(scored, guesses) if scored else None
+        oracle = {key: extract_fields(words[key], truth[key], field_labels) for key in scored}
+        if scored:
+            fields = field_scores(scored, guesses)
+            fields["errors"] = field_errors(scored, guesses, oracle)
+            fields["from_true_tags"] = field_scores(scored, oracle)["overall"]
     return Report(
         checkpoint=checkpoint,
         split=split,

@@ -75,6 +75,35 @@ def entity_f1_metrics(validation_set: WindowSet) -> Callable:
     return compute_metrics
 
 
+def smoothed(scores: list[float], window: int) -> list[float]:
+    """The running mean of each score with the ``window - 1`` before it (fewer at the start)."""
+    return [sum(scores[max(0, i - window + 1) : i + 1]) / (i - max(0, i - window + 1) + 1) for i in range(len(scores))]
+
+
+def evaluations_without_progress(scores: list[float], window: int) -> int:
+    """How many evaluations since the smoothed validation F1 last reached a new best."""
+    means = smoothed(scores, window)
+    best = max(range(len(means)), key=lambda i: (means[i], -i)) if means else 0
+    return len(means) - 1 - best
+
+
+class SmoothedEarlyStopping(TrainerCallback):
+    """Stops once the validation F1, averaged over the last ``window`` evaluations, has not reached a new best
+    for ``patience`` evaluations. A small validation set makes single evaluations noisy: a peak and three
+    lower scores would stop a run that is still improving on average. The best checkpoint by the raw F1 is
+    kept, as before (``load_best_model_at_end``). Reads the scores from the Trainer's log history, so a resumed
+    run counts the evaluations before its interruption too."""
+
+    def __init__(self, patience: int, window: int = 3) -> None:
+        self.early_stopping_patience = patience
+        self.window = window
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        scores = [float(entry["eval_f1"]) for entry in state.log_history if "eval_f1" in entry]
+        if evaluations_without_progress(scores, self.window) >= self.early_stopping_patience:
+            control.should_training_stop = True
+
+
 class TrainingProgress(TrainerCallback):
     """Records losses and evaluations, keeps the time budget, stops on a signal, and marks (and syncs) each
     saved checkpoint complete.

@@ -20,10 +20,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from receipt_pipeline.core import base_model, checkpoint_store
+from receipt_pipeline.core import base_model, checkpoint_store, memory
 from receipt_pipeline.core.batching import TokenLoss, WindowCollator
 from receipt_pipeline.core.box_augmentation import BoxAugmentation
 from receipt_pipeline.core.errors import ExplainedError
@@ -61,6 +61,7 @@ class TrainingResult:
     last_loss: float | None
     evaluations: list[dict] = field(default_factory=list)
     hyperparameters: dict = field(default_factory=dict)
+    batch_plan: str = ""  # how the optimizer's batch ran on this device's memory (core.memory)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -156,10 +157,16 @@ def build_trainer(
     """The Trainer for resolved ``options``, with the callback that watches it and the checked tokenizer:
     every setting reaches the Trainer here (the test of that builds one and looks)."""
     import torch
-    from transformers import EarlyStoppingCallback, set_seed
+    from transformers import set_seed
 
     from receipt_pipeline.core.model import load_model
-    from receipt_pipeline.core.trainer import TrainingProgress, WindowTrainer, entity_f1_metrics, training_arguments
+    from receipt_pipeline.core.trainer import (
+        SmoothedEarlyStopping,
+        TrainingProgress,
+        WindowTrainer,
+        entity_f1_metrics,
+        training_arguments,
+    )
 
     tags: list[str] = manifest["tags"]
     augment = BoxAugmentation(seed=options.seed) if options.augment else None
@@ -183,6 +190,15 @@ def build_trainer(
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = options.dropout
+    # the longest window a batch can hold: the collator pads to the batch's longest, at most this
+    tokens = options.pad_to_length or manifest["window"]["max_length"]
+    requested = (options.per_device_batch_size, options.gradient_accumulation_steps)
+    plan = memory.plan_for_model(model, *requested, tokens, cuda)
+    options = replace(
+        options,
+        per_device_batch_size=plan.per_device_batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+    )
     trainer = WindowTrainer(
         model=model,
         args=training_arguments(options, run_dir, cuda),
@@ -194,10 +210,11 @@ def build_trainer(
         compute_metrics=entity_f1_metrics(validation_set),
         compute_loss_func=TokenLoss(options.label_smoothing),
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=options.early_stopping_patience), progress],
+        callbacks=[SmoothedEarlyStopping(options.early_stopping_patience), progress],
         length_buckets=options.group_by_length,
         sampler_seed=options.seed,
     )
+    trainer.batch_plan = plan.describe(*requested)
     return trainer, progress, tokenizer
 
 
@@ -225,6 +242,13 @@ def train(
     trainer, progress, tokenizer = build_trainer(
         manifest, run_dir, options, cuda=cuda, resume=resume, on_evaluate=on_evaluate, sync=sync, tokenizer=tokenizer
     )
+    options = replace(
+        options,
+        per_device_batch_size=trainer.args.per_device_train_batch_size,
+        gradient_accumulation_steps=trainer.args.gradient_accumulation_steps,
+    )
+    if main_process:
+        print(f"training: {trainer.batch_plan}", flush=True)
 
     def request_stop(signum, frame):
         progress.stop_requested = signal.Signals(signum).name
@@ -286,6 +310,7 @@ def train(
         last_loss=progress.losses[-1] if progress.losses else None,
         evaluations=progress.evaluations + ([{"removed_incomplete_checkpoints": removed}] if removed else []),
         hyperparameters=hyperparameters,
+        batch_plan=trainer.batch_plan,
     )
 
 

@@ -39,7 +39,10 @@ class BioReceiptSplitConfig(dg.Config):
         default=None, description="A local file or s3:// object of receipt keys, one per line, put in validation."
     )
     entity_share_target: float = Field(
-        default=0.7, ge=0, lt=1, description="Drop all-O train lines until entities make this share; 0: off."
+        default=bio.SplitOptions.entity_share_target,
+        ge=0,
+        lt=1,
+        description="Drop all-O train lines until entities make this share (the earlier system's 0.7); 0: off.",
     )
     sroie_labels: dict[str, str] = Field(
         default=dict(bio.DEFAULT_SROIE_LABELS), description="SROIE field labels renamed to the table's labels."

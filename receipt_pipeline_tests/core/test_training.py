@@ -260,3 +260,30 @@ def test_a_base_model_whose_tokenizer_differs_from_the_windows_is_refused_naming
     assert not (tmp_path / "run" / "best").exists(), "refused before anything was trained or saved"
     # the windows' own base model passes the same check
     assert training.matching_tokenizer("compact", small_manifest).vocab_size > 30000
+
+
+@pytest.mark.parametrize(
+    ("scores", "stops_after"),
+    [
+        # a peak and three lower scores: patience 3 on the raw F1 stopped here, the average still rises
+        ([0.30, 0.45, 0.52, 0.60, 0.55, 0.58, 0.57, 0.63, 0.66], None),
+        # a real plateau: three evaluations without a better average
+        ([0.30, 0.50, 0.60, 0.61, 0.58, 0.59, 0.57, 0.58], 8),
+    ],
+)
+def test_early_stopping_follows_the_average_validation_f1_not_single_noisy_evaluations(scores, stops_after):
+    from types import SimpleNamespace
+
+    from receipt_pipeline.core.trainer import SmoothedEarlyStopping
+
+    callback = SmoothedEarlyStopping(patience=3)
+    state = SimpleNamespace(log_history=[])
+    stopped = None
+    for count, score in enumerate(scores, start=1):
+        state.log_history.append({"eval_f1": score, "step": count})
+        control = SimpleNamespace(should_training_stop=False)
+        callback.on_evaluate(None, state, control)
+        if control.should_training_stop:
+            stopped = count
+            break
+    assert stopped == stops_after

@@ -46,9 +46,8 @@ def manifest(tmp_path_factory):
 
 def test_every_setting_reaches_the_trainer(manifest, tmp_path):
     import torch
-    from transformers import EarlyStoppingCallback
 
-    from receipt_pipeline.core.trainer import training_argument_values
+    from receipt_pipeline.core.trainer import SmoothedEarlyStopping, training_argument_values
 
     assert set(CHOSEN) == {f.name for f in dataclasses.fields(TrainingOptions)}, "a setting the test does not set"
     options = TrainingOptions(**CHOSEN)
@@ -56,7 +55,7 @@ def test_every_setting_reaches_the_trainer(manifest, tmp_path):
 
     trainer, progress, tokenizer = build_trainer(manifest, tmp_path, options.resolved())
     args = trainer.args
-    [early_stopping] = [c for c in trainer.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
+    [early_stopping] = [c for c in trainer.callback_handler.callbacks if isinstance(c, SmoothedEarlyStopping)]
     dropouts = {m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)}
     reached = {
         "base_model": trainer.model.config.hidden_size == 384 and tokenizer.vocab_size == 30522,
