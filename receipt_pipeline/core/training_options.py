@@ -78,7 +78,9 @@ class TrainingOptions:
     warmup_ratio: float = _setting(0.1, "Share of the steps spent warming the learning rate up.", ge=0, lt=1)
     label_smoothing: float = _setting(0.0, "Label smoothing of the token loss.", ge=0, lt=1)
     max_grad_norm: float = _setting(1.0, "Gradient clipping norm.", gt=0)
-    early_stopping_patience: int = _setting(3, "Evaluations without a better validation F1 before stopping.", ge=1)
+    early_stopping_patience: int = _setting(
+        3, "Evaluations without a better validation F1, averaged over the last 3, before stopping.", ge=1
+    )
     seed: int = _setting(42, "Seed of the head's initialisation, the batch order and augmentation.")
     auto_batch_size: bool = _setting(False, "Halve the batch on out-of-memory until it fits.")
     augment: bool = _setting(False, "Rotate, scale and jitter train boxes as they are read.")

@@ -160,6 +160,7 @@ def layoutlm_checkpoint(
             "last_loss": result.last_loss if result.last_loss is not None else float("nan"),
             "resumed_from": result.resumed_from or "",
             "hyperparameters": dg.MetadataValue.json(result.hyperparameters),
+            "batch_plan": result.batch_plan,
             **({"sweep_trial": f"{best['study']} trial {best['trial']} ({best['partition']})"} if best else {}),
             "evaluations": dg.MetadataValue.json(result.evaluations),
             "weights_sha256": version,
