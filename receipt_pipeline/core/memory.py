@@ -9,7 +9,7 @@ out-of-memory kill costs the run.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from receipt_pipeline.core.errors import ExplainedError
@@ -37,6 +37,18 @@ class MemoryPlan:
     bytes_per_window: int
     fixed_bytes: int
     available_bytes: int
+
+    def at_most(self, per_device_batch_size: int) -> MemoryPlan:
+        """This plan with a micro-batch no larger than ``per_device_batch_size`` (a divisor of this plan's
+        optimizer batch, as every plan's is), keeping the optimizer's batch."""
+        if per_device_batch_size >= self.per_device_batch_size:
+            return self
+        windows = self.per_device_batch_size * self.gradient_accumulation_steps
+        return replace(
+            self,
+            per_device_batch_size=per_device_batch_size,
+            gradient_accumulation_steps=windows // per_device_batch_size,
+        )
 
     def describe(self, requested: int, accumulation: int) -> str:
         if (self.per_device_batch_size, self.gradient_accumulation_steps) == (requested, accumulation):

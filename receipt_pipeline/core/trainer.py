@@ -104,25 +104,69 @@ class SmoothedEarlyStopping(TrainerCallback):
             control.should_training_stop = True
 
 
+class BudgetedLinearSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """The linear warm-up and decay of the Trainer's default schedule, laid out over the run's progress: the
+    larger of the steps done over the steps planned and the share of the time budget spent. Laid out over the
+    steps alone, a budget that ends a run before its epochs stops it at a rate still near the peak, never
+    annealed; here the rate reaches zero as the budget runs out, or as the last step is taken, whichever comes
+    first. ``budget_spent`` reads the share every process agrees on (``TrainingProgress.budget_spent``), so
+    that torchrun's processes step with the same rate. The progress reached is kept in the checkpoint: a
+    resumed run, which gets a budget of its own, lays the rest of the schedule over that budget."""
+
+    def __init__(self, optimizer, total_steps: int, warmup_ratio: float, budget_spent: Callable[[], float]) -> None:
+        self.total_steps = max(1, total_steps)
+        self.warmup_ratio = warmup_ratio
+        self.budget_spent = budget_spent
+        self.progress = 0.0
+        self.resumed_at = 0.0
+        super().__init__(optimizer)
+
+    def factor(self, progress: float) -> float:
+        if progress < self.warmup_ratio:
+            return progress / self.warmup_ratio
+        return max(0.0, (1.0 - progress) / (1.0 - self.warmup_ratio))
+
+    def get_lr(self) -> list[float]:
+        by_steps = self.last_epoch / self.total_steps
+        by_time = self.resumed_at + (1.0 - self.resumed_at) * min(1.0, self.budget_spent())
+        self.progress = min(1.0, max(self.progress, by_steps, by_time))
+        return [base * self.factor(self.progress) for base in self.base_lrs]
+
+    def state_dict(self) -> dict:
+        # plain numbers only: the Trainer reloads this file with weights_only=True
+        return {
+            "last_epoch": self.last_epoch,
+            "_step_count": self._step_count,
+            "base_lrs": list(self.base_lrs),
+            "_last_lr": list(self._last_lr),
+            "progress": self.progress,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.__dict__.update(state_dict)
+        self.resumed_at = self.progress
+
+
 class TrainingProgress(TrainerCallback):
     """Records losses and evaluations, keeps the time budget, stops on a signal, and marks (and syncs) each
     saved checkpoint complete.
 
-    ``should_stop`` is asked after every step with (a signal arrived, the budget is spent) and answers them
-    as every process agrees: a stop that only some processes took would hang the others.
+    ``agree`` is asked after every step with (a signal arrived, the budget is spent, the share of the budget
+    spent) and answers each as the largest over the processes: a stop that only some processes took would
+    hang the others, and a learning rate laid over the budget must be the same on each.
     """
 
     def __init__(
         self,
         tags: list[str],
         max_train_seconds: float | None,
-        should_stop: Callable[[bool, bool], list[bool]],
+        agree: Callable[..., list[float]],
         on_evaluate: Callable[[dict], None] | None = None,
         sync: Callable[[Path, str], None] | None = None,
     ) -> None:
         self.tags = tags
         self.max_train_seconds = max_train_seconds
-        self.should_stop = should_stop
+        self.agree = agree
         self.report_evaluation = on_evaluate
         self.sync = sync
         self.evaluations: list[dict] = []
@@ -131,6 +175,7 @@ class TrainingProgress(TrainerCallback):
         self.started = time.monotonic()
         self.step_started = self.started
         self.step_seconds = 0.0
+        self.budget_spent = 0.0
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.step_started = time.monotonic()
@@ -138,6 +183,13 @@ class TrainingProgress(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.losses.append(float(logs["loss"]))
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # a stop mid-epoch ends the epoch too: a signal's step is saved and has no time to evaluate, and a
+        # budget's step has just been evaluated and saved; neither twice
+        if self.stop_requested or (self.evaluations and self.evaluations[-1]["step"] == state.global_step):
+            control.should_evaluate = False
+            control.should_save = False
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         record = {"step": state.global_step, "epoch": state.epoch, **(metrics or {})}
@@ -149,8 +201,9 @@ class TrainingProgress(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.step_seconds += time.monotonic() - self.step_started
         budget = self.max_train_seconds
-        out_of_time = bool(budget) and time.monotonic() - self.started > budget
-        interrupted, out_of_time = self.should_stop(bool(self.stop_requested), out_of_time)
+        spent = (time.monotonic() - self.started) / budget if budget else 0.0
+        interrupted, out_of_time, self.budget_spent = self.agree(bool(self.stop_requested), spent > 1.0, spent)
+        interrupted, out_of_time = bool(interrupted), bool(out_of_time)
         if interrupted or out_of_time:
             self.stop_requested = self.stop_requested or ("SIGTERM" if interrupted else None)
             control.should_save = True
@@ -169,11 +222,32 @@ class TrainingProgress(TrainerCallback):
 class WindowTrainer(Trainer):
     """The Trainer with the pipeline's train sampler, evaluation in stored order, and a padded-token count."""
 
-    def __init__(self, *args, length_buckets: bool, sampler_seed: int, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        length_buckets: bool,
+        sampler_seed: int,
+        budget_spent: Callable[[], float] | None = None,
+        warmup_ratio: float = 0.0,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.length_buckets = length_buckets
         self.sampler_seed = sampler_seed
+        self.budget_spent = budget_spent
+        self.warmup_ratio = warmup_ratio
         self.padded_tokens = 0
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """With a time budget, the schedule is laid out over the budget as well as the steps
+        (:class:`BudgetedLinearSchedule`); without one, the Trainer's own linear schedule."""
+        if self.budget_spent is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = BudgetedLinearSchedule(
+            optimizer or self.optimizer, num_training_steps, self.warmup_ratio, self.budget_spent
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.length_buckets:

@@ -113,17 +113,17 @@ def _distributed():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def _on_any_process(*flags: bool) -> list[bool]:
-    """Each flag, true on every process when it is true on any: a stop that only some processes took
-    would leave the others waiting in the next gradient all-reduce."""
+def _largest_on_any_process(*values: float) -> list[float]:
+    """Each value, the largest over the processes (a flag: true on every process when it is true on any): a
+    stop that only some processes took would leave the others waiting in the next gradient all-reduce."""
     dist = _distributed()
     if dist is None:
-        return list(flags)
+        return [float(value) for value in values]
     import torch
 
-    values = torch.tensor([int(flag) for flag in flags])
-    dist.all_reduce(values, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in values.tolist()]
+    agreed = torch.tensor([float(value) for value in values], dtype=torch.float64)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    return agreed.tolist()
 
 
 def _sum_over_processes(count: int) -> int:
@@ -181,7 +181,9 @@ def build_trainer(
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    progress = TrainingProgress(tags, options.max_train_seconds, _on_any_process, on_evaluate=on_evaluate, sync=sync)
+    progress = TrainingProgress(
+        tags, options.max_train_seconds, _largest_on_any_process, on_evaluate=on_evaluate, sync=sync
+    )
     # a new classification head draws from the global generator: seeded, every run (and every torchrun
     # process) starts from the same weights
     set_seed(options.seed)
@@ -194,6 +196,9 @@ def build_trainer(
     tokens = options.pad_to_length or manifest["window"]["max_length"]
     requested = (options.per_device_batch_size, options.gradient_accumulation_steps)
     plan = memory.plan_for_model(model, *requested, tokens, cuda)
+    # each torchrun process plans on the memory it sees; they must step alike, so the smallest plan wins
+    [smallest] = _largest_on_any_process(-plan.per_device_batch_size)
+    plan = plan.at_most(int(-smallest))
     options = replace(
         options,
         per_device_batch_size=plan.per_device_batch_size,
@@ -213,6 +218,8 @@ def build_trainer(
         callbacks=[SmoothedEarlyStopping(options.early_stopping_patience), progress],
         length_buckets=options.group_by_length,
         sampler_seed=options.seed,
+        budget_spent=(lambda: progress.budget_spent) if options.max_train_seconds else None,
+        warmup_ratio=options.warmup_ratio,
     )
     trainer.batch_plan = plan.describe(*requested)
     return trainer, progress, tokenizer

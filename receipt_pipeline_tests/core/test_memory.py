@@ -87,3 +87,12 @@ def test_the_estimate_is_not_below_what_a_training_step_of_full_windows_takes_on
     assert result["measured"] > 0
     assert result["estimate"] >= result["measured"], result
     print(result)
+
+
+def test_the_smallest_plan_of_several_processes_keeps_the_optimizer_batch():
+    roomy = memory.plan_batch(32, 2, bytes_per_window=1 * memory.GIB, fixed_bytes=0, free_bytes=60 * memory.GIB)
+    tight = memory.plan_batch(32, 2, bytes_per_window=1 * memory.GIB, fixed_bytes=0, free_bytes=12 * memory.GIB)
+    assert (roomy.per_device_batch_size, tight.per_device_batch_size) == (32, 4)
+    agreed = roomy.at_most(tight.per_device_batch_size)
+    assert (agreed.per_device_batch_size, agreed.gradient_accumulation_steps) == (4, 16)
+    assert tight.at_most(roomy.per_device_batch_size) is tight

@@ -287,3 +287,63 @@ def test_early_stopping_follows_the_average_validation_f1_not_single_noisy_evalu
             stopped = count
             break
     assert stopped == stops_after
+
+
+def _budgeted_schedule(total_steps: int, clock: dict):
+    import torch
+
+    from receipt_pipeline.core.trainer import BudgetedLinearSchedule
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    return optimizer, BudgetedLinearSchedule(optimizer, total_steps, 0.1, lambda: clock["spent"])
+
+
+def test_a_time_budget_anneals_the_learning_rate_to_zero_before_the_planned_steps_end():
+    clock = {"spent": 0.0}
+    optimizer, schedule = _budgeted_schedule(total_steps=1000, clock=clock)
+    rates = []
+    for step in range(100):
+        clock["spent"] = step / 100  # the budget ends after 100 of the 1,000 planned steps
+        optimizer.step()
+        schedule.step()
+        rates.append(schedule.get_last_lr()[0])
+    peak = max(rates)
+    assert rates.index(peak) == 10 and peak == pytest.approx(1e-3, rel=0.02), "warm-up: the first tenth of the budget"
+    assert rates[-1] < 0.02 * peak, "annealed as the budget runs out"
+    assert all(later <= earlier for earlier, later in zip(rates[10:], rates[11:], strict=False))
+
+    # with the budget to spare, the steps lay it out: the Trainer's own linear schedule
+    clock["spent"] = 0.0
+    optimizer, by_steps = _budgeted_schedule(total_steps=100, clock=clock)
+    for _ in range(55):
+        optimizer.step()
+        by_steps.step()
+    assert by_steps.get_last_lr()[0] == pytest.approx(1e-3 * 45 / 90)
+
+
+def test_a_resumed_run_lays_the_rest_of_the_schedule_over_its_own_budget(tmp_path):
+    import torch
+
+    clock = {"spent": 0.0}
+    optimizer, schedule = _budgeted_schedule(total_steps=1000, clock=clock)
+    for step in range(60):
+        clock["spent"] = step / 100
+        optimizer.step()
+        schedule.step()
+    before = schedule.get_last_lr()[0]
+    torch.save(schedule.state_dict(), tmp_path / "scheduler.pt")
+
+    clock["spent"] = 0.0  # a new process, a new budget
+    optimizer, resumed = _budgeted_schedule(total_steps=1000, clock=clock)
+    resumed.load_state_dict(torch.load(tmp_path / "scheduler.pt", weights_only=True))
+    optimizer.step()
+    resumed.step()
+    assert resumed.get_last_lr()[0] == pytest.approx(before, rel=0.05), "goes on where it stopped, no new warm-up"
+    clock["spent"] = 0.5
+    optimizer.step()
+    resumed.step()
+    assert resumed.progress == pytest.approx(0.59 + 0.41 * 0.5, abs=0.01)
+    clock["spent"] = 1.0
+    optimizer.step()
+    resumed.step()
+    assert resumed.get_last_lr()[0] == 0.0

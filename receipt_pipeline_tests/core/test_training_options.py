@@ -47,7 +47,7 @@ def manifest(tmp_path_factory):
 def test_every_setting_reaches_the_trainer(manifest, tmp_path):
     import torch
 
-    from receipt_pipeline.core.trainer import SmoothedEarlyStopping, training_argument_values
+    from receipt_pipeline.core.trainer import BudgetedLinearSchedule, SmoothedEarlyStopping, training_argument_values
 
     assert set(CHOSEN) == {f.name for f in dataclasses.fields(TrainingOptions)}, "a setting the test does not set"
     options = TrainingOptions(**CHOSEN)
@@ -55,6 +55,8 @@ def test_every_setting_reaches_the_trainer(manifest, tmp_path):
 
     trainer, progress, tokenizer = build_trainer(manifest, tmp_path, options.resolved())
     args = trainer.args
+    trainer.create_optimizer_and_scheduler(num_training_steps=11)
+    schedule = trainer.lr_scheduler
     [early_stopping] = [c for c in trainer.callback_handler.callbacks if isinstance(c, SmoothedEarlyStopping)]
     dropouts = {m.p for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout)}
     reached = {
@@ -64,7 +66,7 @@ def test_every_setting_reaches_the_trainer(manifest, tmp_path):
         "gradient_accumulation_steps": args.gradient_accumulation_steps == 2,
         "learning_rate": args.learning_rate == 3.3e-4,
         "weight_decay": args.weight_decay == 0.07,
-        "warmup_ratio": args.warmup_steps == 0.15,
+        "warmup_ratio": args.warmup_steps == 0.15 and schedule.warmup_ratio == 0.15,
         "label_smoothing": trainer.compute_loss_func.label_smoothing == 0.05,
         "max_grad_norm": args.max_grad_norm == 0.7,
         "early_stopping_patience": early_stopping.early_stopping_patience == 5,
@@ -73,7 +75,8 @@ def test_every_setting_reaches_the_trainer(manifest, tmp_path):
         "augment": isinstance(trainer.train_dataset.augment, BoxAugmentation),
         "max_steps": args.max_steps == 11,
         "eval_steps": (args.eval_steps, args.save_steps, args.eval_strategy.value) == (4, 4, "steps"),
-        "max_train_minutes": progress.max_train_seconds == 90,
+        # the budget also lays out the learning rate's schedule
+        "max_train_minutes": progress.max_train_seconds == 90 and isinstance(schedule, BudgetedLinearSchedule),
         "group_by_length": trainer.length_buckets is False,
         # loader workers are a CUDA setting: what a GPU gets, read here without one
         "dataloader_workers": args.dataloader_num_workers == 0
