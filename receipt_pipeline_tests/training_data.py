@@ -12,6 +12,10 @@ from receipt_pipeline.core.sroie import read_sroie
 from receipt_pipeline.core.synthetic import iter_receipt_items
 from receipt_pipeline.core.windows import WindowOptions, write_windows
 
+# For tests of how training runs, not of what it learns: train lines down-sampled to the earlier system's 70%
+# entity share (an option, off by default) make shorter windows, so each of a test's few steps takes less time
+QUICK_SPLIT = {"bio_receipt_split": {"config": {"entity_share_target": 0.7}}}
+
 
 @functools.cache
 def compact_tokenizer():

@@ -20,7 +20,7 @@ def test_a_few_minutes_of_training_on_sroie_beat_the_all_o_baseline(shared_sroie
     folder = sroie_subset(shared_sroie_dir, tmp_path / "sroie", receipts=240)
     sroie = read_sroie(str(folder))
     manifest, split = build_manifest([sroie.frame], tmp_path / "windows", bio.SplitOptions(shares=(0.7, 0.1, 0.2)))
-    # short windows (down-sampled train) and one window batch per step: many updates in little time
+    # one window batch per step: many updates in little time
     options = TrainingOptions(
         epochs=12, gradient_accumulation_steps=1, max_train_minutes=2.5, early_stopping_patience=12
     )

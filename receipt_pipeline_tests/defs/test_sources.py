@@ -15,7 +15,7 @@ from receipt_pipeline.definitions import build_definitions
 from receipt_pipeline.defs.resources import resources_for
 from receipt_pipeline_tests.conftest import seeded_receipts_table
 from receipt_pipeline_tests.defs.test_ingestion import _local_settings, _metadata
-from receipt_pipeline_tests.training_data import sroie_subset
+from receipt_pipeline_tests.training_data import QUICK_SPLIT, sroie_subset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOWNSTREAM = ["bio_receipt_split", "windowed_tensors", "layoutlm_checkpoint", "evaluation_report"]
@@ -25,7 +25,7 @@ SHORT_TRAINING = {"max_steps": 4, "eval_steps": 2}
 def _run_config(sources: list[str]) -> dict:
     return {
         "ops": {
-            "bio_receipt_split": {"config": {"sources": sources}},
+            "bio_receipt_split": {"config": {**QUICK_SPLIT["bio_receipt_split"]["config"], "sources": sources}},
             "layoutlm_checkpoint": {"config": SHORT_TRAINING},
         }
     }

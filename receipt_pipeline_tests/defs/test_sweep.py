@@ -11,7 +11,7 @@ from receipt_pipeline.defs import sweep as sweep_defs
 from receipt_pipeline.defs.resources import resources_for
 from receipt_pipeline_tests.conftest import seeded_receipts_table
 from receipt_pipeline_tests.defs.test_ingestion import _local_settings, _metadata
-from receipt_pipeline_tests.training_data import sroie_subset
+from receipt_pipeline_tests.training_data import QUICK_SPLIT, sroie_subset
 
 ASSETS = [
     ingestion.raw_receipt_words,
@@ -34,7 +34,13 @@ def windows(aws_emulator, shared_sroie_dir, tmp_path_factory):
         settings = _local_settings(root, table, sroie_dir=str(sroie_subset(shared_sroie_dir, root / "sroie", 30)))
         instance = dg.DagsterInstance.ephemeral()
         upstream = ["raw_receipt_words", "sroie_receipts", "bio_receipt_split", "windowed_tensors"]
-        result = dg.materialize(ASSETS, resources=resources_for(settings), instance=instance, selection=upstream)
+        result = dg.materialize(
+            ASSETS,
+            resources=resources_for(settings),
+            instance=instance,
+            selection=upstream,
+            run_config={"ops": QUICK_SPLIT},
+        )
         assert result.success
         yield settings, instance
 

@@ -17,7 +17,7 @@ from receipt_pipeline.defs import evaluation, ingestion, promotion, training, tr
 from receipt_pipeline.defs.resources import resources_for
 from receipt_pipeline_tests.conftest import seeded_receipts_table
 from receipt_pipeline_tests.defs.test_ingestion import _local_settings, _metadata
-from receipt_pipeline_tests.training_data import sroie_subset
+from receipt_pipeline_tests.training_data import QUICK_SPLIT, sroie_subset
 
 SIX = [
     ingestion.raw_receipt_words,
@@ -29,7 +29,7 @@ SIX = [
 ]
 WITH_PROMOTION = [*SIX, promotion.production_model, evaluation.f1_not_below_production]
 TRAINING_CONFIG = {"max_steps": 6, "eval_steps": 3, "per_device_batch_size": 4, "gradient_accumulation_steps": 1}
-SHORT_TRAINING = {"ops": {"layoutlm_checkpoint": {"config": TRAINING_CONFIG}}}
+SHORT_TRAINING = {"ops": {**QUICK_SPLIT, "layoutlm_checkpoint": {"config": TRAINING_CONFIG}}}
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_prod_trains_in_two_torchrun_processes_into_s3_and_scores_from_there(
         }
     )
     # two CPU processes stand for an instance with two GPUs: the checkpoints sync from the first process
-    two_processes = {"ops": {"layoutlm_checkpoint": {"config": {**TRAINING_CONFIG, "processes": 2}}}}
+    two_processes = {"ops": {**QUICK_SPLIT, "layoutlm_checkpoint": {"config": {**TRAINING_CONFIG, "processes": 2}}}}
     result = dg.materialize(
         SIX, resources=resources_for(settings), instance=dg.DagsterInstance.ephemeral(), run_config=two_processes
     )

@@ -35,7 +35,7 @@ from receipt_pipeline_tests.launcher.emulated_ec2 import (
     interrupt_spot_instance,
 )
 from receipt_pipeline_tests.launcher.instance_agent import InstanceAgent
-from receipt_pipeline_tests.training_data import sroie_subset
+from receipt_pipeline_tests.training_data import QUICK_SPLIT, sroie_subset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "launcher-tests"
@@ -117,7 +117,9 @@ def workspace(dagster_instance):
 def upstream(deployment, dagster_instance):
     """The training data in S3, materialised where Dagster runs."""
     settings = DeploymentSettings.from_env()
-    result = dg.materialize(UPSTREAM, resources=resources_for(settings), instance=dagster_instance)
+    result = dg.materialize(
+        UPSTREAM, resources=resources_for(settings), instance=dagster_instance, run_config={"ops": QUICK_SPLIT}
+    )
     assert result.success
     return settings
 
