@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,11 +48,41 @@ def seeded_receipts_table(receipts: int, seed: int) -> Iterator[str]:
         client.delete_table(TableName=name)
 
 
+def delete_bucket(name: str) -> None:
+    """Deletes a bucket and every version in it: the emulator keeps each object over 5 MB in a file in /tmp."""
+    s3 = aws.client("s3")
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=name):
+        versions = page.get("Versions", []) + page.get("DeleteMarkers", [])
+        if versions:
+            objects = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in versions]
+            s3.delete_objects(Bucket=name, Delete={"Objects": objects, "Quiet": True})
+    s3.delete_bucket(Bucket=name)
+
+
 @pytest.fixture
-def artifacts_bucket(aws_emulator) -> str:
+def artifacts_bucket(aws_emulator) -> Iterator[str]:
+    """A new, empty bucket; deleted with its objects after the test."""
     name = f"artifacts-{uuid.uuid4().hex[:8]}"
     aws.client("s3").create_bucket(Bucket=name)
-    return name
+    yield name
+    delete_bucket(name)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory) -> Iterator[Callable[[str], Path]]:
+    """``tmp_path_factory.mktemp`` for a module's shared fixtures; what it made is removed when the module is done.
+
+    A training run leaves several hundred MB of checkpoints, and pytest keeps every folder until the session ends.
+    """
+    made: list[Path] = []
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

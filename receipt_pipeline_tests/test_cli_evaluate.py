@@ -15,9 +15,9 @@ from receipt_pipeline_tests.training_data import build_manifest, sroie_frame, sr
 
 
 @pytest.fixture(scope="module")
-def trained(shared_sroie_dir, tmp_path_factory):
+def trained(shared_sroie_dir, module_tmp):
     """A compact checkpoint trained a few steps on 60 SROIE receipts, and a folder of 20 others."""
-    root = tmp_path_factory.mktemp("cli-evaluate")
+    root = module_tmp("cli-evaluate")
     train_dir = sroie_subset(shared_sroie_dir, root / "sroie-train", receipts=60)
     manifest, _ = build_manifest([sroie_frame(train_dir)], root / "windows", bio.SplitOptions())
     options = TrainingOptions(max_steps=4, eval_steps=4, per_device_batch_size=4, gradient_accumulation_steps=1)

@@ -20,8 +20,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def local_default(aws_emulator, shared_sroie_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("layoutlm-cli")
+def local_default(aws_emulator, shared_sroie_dir, module_tmp):
+    root = module_tmp("layoutlm-cli")
     home = root / "dagster_home"
     home.mkdir()
     shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")

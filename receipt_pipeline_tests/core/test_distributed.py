@@ -19,8 +19,8 @@ SAME_BATCHES = dict(
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("windows")
+def manifest(module_tmp):
+    folder = module_tmp("windows")
     manifest, _ = build_manifest([synthetic_words(40)], folder / "windows", bio.SplitOptions(entity_share_target=0.7))
     return manifest
 

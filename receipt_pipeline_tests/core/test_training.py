@@ -26,8 +26,8 @@ QUICK = dict(max_steps=8, eval_steps=4, per_device_batch_size=4, gradient_accumu
 
 
 @pytest.fixture(scope="module")
-def small_manifest(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("windows")
+def small_manifest(module_tmp):
+    folder = module_tmp("windows")
     manifest, _ = build_manifest([synthetic_words(24)], folder / "windows", bio.SplitOptions(entity_share_target=0.7))
     return manifest
 

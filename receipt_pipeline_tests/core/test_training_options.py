@@ -39,8 +39,8 @@ CHOSEN = {
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("options") / "windows"
+def manifest(module_tmp):
+    folder = module_tmp("options") / "windows"
     return build_manifest([synthetic_words(16)], folder, bio.SplitOptions())[0]
 
 

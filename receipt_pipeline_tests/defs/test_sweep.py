@@ -28,8 +28,8 @@ TRIAL = {"study": STUDY, "max_steps": 4, "eval_steps": 2, "learning_rate": [1e-4
 
 
 @pytest.fixture(scope="module")
-def windows(aws_emulator, shared_sroie_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
+def windows(aws_emulator, shared_sroie_dir, module_tmp):
+    root = module_tmp("sweep")
     with seeded_receipts_table(receipts=20, seed=4) as table:
         settings = _local_settings(root, table, sroie_dir=str(sroie_subset(shared_sroie_dir, root / "sroie", 30)))
         instance = dg.DagsterInstance.ephemeral()

@@ -39,13 +39,13 @@ def seeded_table(aws_emulator):
 
 
 @pytest.fixture(scope="module")
-def sroie_dir(shared_sroie_dir, tmp_path_factory):
-    return sroie_subset(shared_sroie_dir, tmp_path_factory.mktemp("sroie"), receipts=80)
+def sroie_dir(shared_sroie_dir, module_tmp):
+    return sroie_subset(shared_sroie_dir, module_tmp("sroie"), receipts=80)
 
 
 @pytest.fixture(scope="module")
-def local_run(seeded_table, sroie_dir, tmp_path_factory):
-    settings = _local_settings(tmp_path_factory.mktemp("local"), seeded_table, sroie_dir=str(sroie_dir))
+def local_run(seeded_table, sroie_dir, module_tmp):
+    settings = _local_settings(module_tmp("local"), seeded_table, sroie_dir=str(sroie_dir))
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
         WITH_PROMOTION, resources=resources_for(settings), instance=instance, run_config=SHORT_TRAINING

@@ -30,9 +30,9 @@ def seeded_table(aws_emulator):
 
 
 @pytest.fixture(scope="module")
-def materialised(seeded_table, shared_sroie_dir, tmp_path_factory):
+def materialised(seeded_table, shared_sroie_dir, module_tmp):
     """The four assets, materialised once for this module's tests."""
-    tmp_path = tmp_path_factory.mktemp("training-data")
+    tmp_path = module_tmp("training-data")
     settings = _local_settings(tmp_path, seeded_table, sroie_dir=str(shared_sroie_dir))
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(ALL_ASSETS, resources=resources_for(settings), instance=instance)

@@ -45,10 +45,10 @@ LONG_ENOUGH = dict(
 
 
 @pytest.fixture(scope="module")
-def sroie_manifest(shared_sroie_dir, tmp_path_factory):
-    folder = sroie_subset(shared_sroie_dir, tmp_path_factory.mktemp("sroie"), receipts=60)
+def sroie_manifest(shared_sroie_dir, module_tmp):
+    folder = sroie_subset(shared_sroie_dir, module_tmp("sroie"), receipts=60)
     manifest, _ = build_manifest(
-        [sroie_frame(folder)], tmp_path_factory.mktemp("windows") / "w", bio.SplitOptions(entity_share_target=0)
+        [sroie_frame(folder)], module_tmp("windows") / "w", bio.SplitOptions(entity_share_target=0)
     )
     return manifest
 

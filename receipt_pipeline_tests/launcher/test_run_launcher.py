@@ -27,7 +27,7 @@ from receipt_pipeline.defs import gpu_instances, ingestion, retraining, training
 from receipt_pipeline.defs.resources import resources_for
 from receipt_pipeline.launcher import ec2, tags
 from receipt_pipeline.launcher.user_data import read_run_spec
-from receipt_pipeline_tests.conftest import seeded_receipts_table
+from receipt_pipeline_tests.conftest import delete_bucket, seeded_receipts_table
 from receipt_pipeline_tests.launcher.emulated_ec2 import (
     DEEP_LEARNING_AMI,
     create_network,
@@ -54,9 +54,9 @@ def _training_config(max_steps: int, eval_steps: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def deployment(aws_emulator, shared_sroie_dir, tmp_path_factory):
+def deployment(aws_emulator, shared_sroie_dir, module_tmp):
     """The prod deployment on the emulator: its environment, its settings, a network for GPU instances."""
-    root = tmp_path_factory.mktemp("launcher")
+    root = module_tmp("launcher")
     bucket = f"artifacts-{uuid.uuid4().hex[:8]}"
     aws.client("s3").create_bucket(Bucket=bucket)
     aws.client("ssm").put_parameter(Name=SECRET_PARAMETER, Value=SECRET_VALUE, Type="SecureString", Overwrite=True)
@@ -74,6 +74,7 @@ def deployment(aws_emulator, shared_sroie_dir, tmp_path_factory):
         for name, value in env.items():
             patch.setenv(name, value)
         yield {"env": env, "bucket": bucket, "network": network, "root": root}
+    delete_bucket(bucket)
 
 
 @pytest.fixture(scope="module")

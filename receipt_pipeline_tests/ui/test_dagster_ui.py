@@ -71,9 +71,9 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def dagster_dev(aws_emulator, shared_sroie_dir, tmp_path_factory) -> Iterator[tuple[str, Path, dict]]:
+def dagster_dev(aws_emulator, shared_sroie_dir, module_tmp) -> Iterator[tuple[str, Path, dict]]:
     """`dagster dev` (webserver + daemon) on a free port, local deployment, a seeded emulator table."""
-    root = tmp_path_factory.mktemp("ui")
+    root = module_tmp("ui")
     home = root / "dagster_home"
     home.mkdir()
     shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
