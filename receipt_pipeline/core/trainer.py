@@ -8,12 +8,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from receipt_pipeline.core import checkpoint_store
 from receipt_pipeline.core.batching import LengthBucketSampler
-from receipt_pipeline.core.evaluation import entity_scores, receipt_tags, true_receipt_tags
+from receipt_pipeline.core.bio import OUTSIDE
+from receipt_pipeline.core.evaluation import overall_entity_scores, receipt_tags, true_receipt_tags
 from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline.core.windows import WindowSet
 
@@ -63,16 +65,74 @@ def training_argument_values(options: TrainingOptions, run_dir: Path, cuda: bool
     )
 
 
+# Offsets added to the O logit, among which each evaluation picks the one with the best validation F1: a
+# model stopped early, or trained on few entities, ranks entity tags below O where they still win on ranking
+OUTSIDE_OFFSETS = tuple(float(v) for v in np.arange(-4.0, 4.01, 0.5))
+
+
+def outside_margins(tags: list[str]) -> Callable:
+    """``preprocess_logits_for_metrics``: for each token, how far the O logit leads the best entity tag, and
+    that tag; enough to read the prediction under any O offset without keeping every logit."""
+    outside = tags.index(OUTSIDE)
+
+    def preprocess(logits, labels):
+        entity = logits.float().clone()
+        entity[..., outside] = float("-inf")
+        best = entity.max(dim=-1)
+        return torch.stack([logits[..., outside].float() - best.values, best.indices.float()], dim=-1)
+
+    return preprocess
+
+
 def entity_f1_metrics(validation_set: WindowSet) -> Callable:
-    """``compute_metrics``: seqeval entity scores of the validation windows, merged back to receipts."""
+    """``compute_metrics``: seqeval entity scores of the validation windows, merged back to receipts, under
+    the O offset (of :data:`OUTSIDE_OFFSETS`) that scores best; ``argmax_f1`` is the F1 with no offset.
+
+    The model kept is the one these scores describe: training adds the chosen offset to the O bias of the
+    best checkpoint's classifier."""
+    outside = validation_set.tags.index(OUTSIDE)
+    truth = true_receipt_tags(validation_set)
+
+    def scores(margins: np.ndarray, offset: float) -> dict:
+        windows = [
+            np.where(margins[i, :n, 0] + offset >= 0, outside, margins[i, :n, 1]).astype(np.int64)
+            for i, n in enumerate(validation_set.lengths)
+        ]
+        return overall_entity_scores(truth, receipt_tags(validation_set, windows))
 
     def compute_metrics(prediction) -> dict:
-        predicted = prediction.predictions
-        windows = [predicted[i, :n] for i, n in enumerate(validation_set.lengths)]
-        overall = entity_scores(true_receipt_tags(validation_set), receipt_tags(validation_set, windows))["overall"]
-        return {"precision": overall["precision"], "recall": overall["recall"], "f1": overall["f1"]}
+        margins = prediction.predictions
+        by_offset = {offset: scores(margins, offset) for offset in OUTSIDE_OFFSETS}
+        # the smallest offset among equal scores: an offset must earn its place
+        offset = max(OUTSIDE_OFFSETS, key=lambda o: (by_offset[o]["f1"], -abs(o)))
+        chosen, argmax = by_offset[offset], by_offset[0.0]
+        return {
+            "precision": chosen["precision"],
+            "recall": chosen["recall"],
+            "f1": chosen["f1"],
+            "outside_offset": offset,
+            "argmax_f1": argmax["f1"],
+        }
 
     return compute_metrics
+
+
+def outside_offset_of_best(state) -> float:
+    """The O offset chosen at the evaluation of the best checkpoint (0 where none was recorded)."""
+    if not state.best_model_checkpoint:
+        return 0.0
+    step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+    offsets = [
+        e["eval_outside_offset"] for e in state.log_history if e.get("step") == step and "eval_outside_offset" in e
+    ]
+    return float(offsets[-1]) if offsets else 0.0
+
+
+def apply_outside_offset(model, tags: list[str], offset: float) -> None:
+    """Adds ``offset`` to the classifier's O bias, so that the plain argmax of any runtime (PyTorch, ONNX,
+    Core ML) predicts what validation measured."""
+    with torch.no_grad():
+        model.classifier.bias[tags.index(OUTSIDE)] += offset
 
 
 def smoothed(scores: list[float], window: int) -> list[float]:

@@ -62,6 +62,7 @@ class TrainingResult:
     evaluations: list[dict] = field(default_factory=list)
     hyperparameters: dict = field(default_factory=dict)
     batch_plan: str = ""  # how the optimizer's batch ran on this device's memory (core.memory)
+    outside_offset: float = 0.0  # added to the best model's O bias: the offset validation chose (core.trainer)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -165,6 +166,7 @@ def build_trainer(
         TrainingProgress,
         WindowTrainer,
         entity_f1_metrics,
+        outside_margins,
         training_arguments,
     )
 
@@ -214,7 +216,7 @@ def build_trainer(
         ),
         compute_metrics=entity_f1_metrics(validation_set),
         compute_loss_func=TokenLoss(options.label_smoothing),
-        preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(dim=-1),
+        preprocess_logits_for_metrics=outside_margins(tags),
         callbacks=[SmoothedEarlyStopping(options.early_stopping_patience), progress],
         length_buckets=options.group_by_length,
         sampler_seed=options.seed,
@@ -237,6 +239,8 @@ def train(
     """Train on the manifest's train windows, select on validation F1, and leave the best model in
     ``<run_dir>/best``. ``sync(folder, name)`` is called for every complete checkpoint and for the best."""
     import torch
+
+    from receipt_pipeline.core.trainer import apply_outside_offset, outside_offset_of_best
 
     cuda = gpu_available()
     options = (options or TrainingOptions()).resolved(gpu=cuda)
@@ -284,10 +288,12 @@ def train(
     staging = run_dir / f".{checkpoint_store.BEST}.partial"
     if main_process:
         shutil.rmtree(staging, ignore_errors=True)
+    outside_offset = outside_offset_of_best(trainer.state)
+    apply_outside_offset(trainer.model, manifest["tags"], outside_offset)
     trainer.save_model(str(staging))
     hyperparameters = asdict(options)
     if main_process:
-        _save_best(trainer, tokenizer, staging, best_dir, manifest, hyperparameters)
+        _save_best(trainer, tokenizer, staging, best_dir, manifest, hyperparameters, outside_offset)
         if sync:
             sync(best_dir, checkpoint_store.BEST)
 
@@ -318,10 +324,13 @@ def train(
         evaluations=progress.evaluations + ([{"removed_incomplete_checkpoints": removed}] if removed else []),
         hyperparameters=hyperparameters,
         batch_plan=trainer.batch_plan,
+        outside_offset=outside_offset,
     )
 
 
-def _save_best(trainer, tokenizer, staging: Path, best_dir: Path, manifest: dict, hyperparameters: dict) -> None:
+def _save_best(
+    trainer, tokenizer, staging: Path, best_dir: Path, manifest: dict, hyperparameters: dict, outside_offset: float
+) -> None:
     # the Trainer pickles its arguments; the model folder carries them as JSON, so it holds no pickle at all
     tags = manifest["tags"]
     (staging / "training_args.bin").unlink(missing_ok=True)
@@ -331,7 +340,13 @@ def _save_best(trainer, tokenizer, staging: Path, best_dir: Path, manifest: dict
     (staging / "label_map.json").write_text(json.dumps({"tags": tags, "labels": manifest["labels"]}, indent=2))
     (staging / "training_options.json").write_text(json.dumps(hyperparameters, indent=2))
     checkpoint_store.mark_complete(
-        staging, {"step": trainer.state.global_step, "best_metric": trainer.state.best_metric, "tags": tags}
+        staging,
+        {
+            "step": trainer.state.global_step,
+            "best_metric": trainer.state.best_metric,
+            "tags": tags,
+            "outside_offset": outside_offset,
+        },
     )
     shutil.rmtree(best_dir, ignore_errors=True)
     os.replace(staging, best_dir)

@@ -161,6 +161,7 @@ def layoutlm_checkpoint(
             "resumed_from": result.resumed_from or "",
             "hyperparameters": dg.MetadataValue.json(result.hyperparameters),
             "batch_plan": result.batch_plan,
+            "outside_offset": result.outside_offset,
             **({"sweep_trial": f"{best['study']} trial {best['trial']} ({best['partition']})"} if best else {}),
             "evaluations": dg.MetadataValue.json(result.evaluations),
             "weights_sha256": version,

@@ -36,6 +36,16 @@ def test_entity_scores_are_strict_iob2_entity_level():
     assert all_o["overall"]["f1"] == 0.0
 
 
+def test_the_overall_scores_alone_are_the_reports_overall_scores():
+    tags = ["O", "B-DATE", "I-DATE", "B-TOTAL", "I-TOTAL"]
+    rng = np.random.default_rng(3)
+    truth = {f"r{i}": evaluation.repair_bio(rng.choice(tags, 40, p=[0.6, 0.1, 0.1, 0.1, 0.1])) for i in range(30)}
+    # predictions that are mostly right, wrong at random elsewhere, orphan I- tags included
+    predicted = {k: [t if rng.random() < 0.8 else str(rng.choice(tags)) for t in v] for k, v in truth.items()}
+    for guess in (predicted, truth, {k: ["O"] * len(v) for k, v in truth.items()}):
+        assert evaluation.overall_entity_scores(truth, guess) == evaluation.entity_scores(truth, guess)["overall"]
+
+
 def test_fields_are_extracted_as_the_leaderboard_reads_them():
     words = ["ACME", "MART", "NO.1", "JALAN", "X,", "KL", "SUBTOTAL", "9.00", "TOTAL", "9.90", "01/02/2018"]
     tags = ["B-MERCHANT_NAME", "I-MERCHANT_NAME", "B-ADDRESS_LINE", "I-ADDRESS_LINE", "I-ADDRESS_LINE",

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 
+import numpy as np
 import pytest
 
 from receipt_pipeline.core import batching, bio, storage, training
@@ -20,6 +21,7 @@ from receipt_pipeline.core.checkpoint_store import (
 from receipt_pipeline.core.evaluation import evaluate
 from receipt_pipeline.core.training import train
 from receipt_pipeline.core.training_options import TrainingOptions
+from receipt_pipeline.core.windows import WindowSet
 from receipt_pipeline_tests.training_data import build_manifest, synthetic_words
 
 QUICK = dict(max_steps=8, eval_steps=4, per_device_batch_size=4, gradient_accumulation_steps=1, warmup_ratio=0.0)
@@ -111,6 +113,28 @@ def test_a_few_steps_make_the_loss_fall_and_leave_the_best_model_folder(small_ma
     assert json.loads((best / "training_options.json").read_text())["learning_rate"] == 2e-4
     checkpoints = checkpoint_dirs(tmp_path / "run")
     assert checkpoints and all((c / COMPLETE_MARKER).is_file() for c in checkpoints)
+    # the model kept scores on validation what selection measured, its O offset included
+    chosen = next(e for e in evaluations if e["eval_f1"] == result.best_f1)
+    assert result.outside_offset == chosen["eval_outside_offset"]
+    assert evaluate(str(best), small_manifest, split="validation").entity["overall"]["f1"] == result.best_f1
+
+
+def test_validation_picks_the_o_offset_under_which_entity_tags_that_rank_second_win(small_manifest):
+    from transformers import EvalPrediction
+
+    from receipt_pipeline.core.trainer import entity_f1_metrics
+
+    windows = WindowSet(small_manifest, "validation")
+    labels = np.full((len(windows), int(windows.lengths.max())), -100)
+    for i in range(len(windows)):
+        labels[i, : windows.lengths[i]] = windows[i]["labels"]
+    outside = windows.tags.index(bio.OUTSIDE)
+    entity = (labels >= 0) & (labels != outside)
+    # O leads every true entity tag by 1 and every other tag by 3: argmax finds no entity at all
+    margins = np.stack([np.where(entity, 1.0, 3.0), np.where(entity, labels, (outside + 1) % len(windows.tags))], -1)
+    metrics = entity_f1_metrics(windows)(EvalPrediction(predictions=margins, label_ids=labels))
+    assert metrics["argmax_f1"] == 0.0
+    assert metrics["f1"] == 1.0 and metrics["outside_offset"] == -1.5  # the smallest offset that finds them all
 
 
 def test_a_rerun_resumes_from_the_newest_complete_checkpoint_and_skips_a_half_written_one(small_manifest, tmp_path):
