@@ -100,11 +100,19 @@ def run(minutes: float = 20.0, split_overrides: dict | None = None, **overrides)
             "evaluation": f"every {options.eval_steps} steps" if options.eval_steps else "every epoch",
             "batch": f"{options.per_device_batch_size} x {options.gradient_accumulation_steps}",
             "learning_rate": options.learning_rate,
+            "tag_weights": f"power {options.tag_weight_power:g}, cap {options.tag_weight_cap:g}",
+            "precision": precision_name(options),
             "batch_plan": result.batch_plan,
         },
         "report": report.to_dict(),
         "markdown": report.markdown().split("\n", 1)[1],  # without its heading, which names a temp folder
     }
+
+
+def precision_name(options) -> str:
+    from receipt_pipeline.core.trainer import cpu_has_native_bf16
+
+    return "bf16 autocast" if options.mixed_precision and cpu_has_native_bf16() else "float32"
 
 
 def markdown(minutes: float = 20.0, split_overrides: dict | None = None, **overrides) -> str:
@@ -121,7 +129,8 @@ def markdown(minutes: float = 20.0, split_overrides: dict | None = None, **overr
         f"lr {settings['learning_rate']:g}, batch {settings['batch']}, {settings['epochs']:g} epochs, "
         f"train down-sampling to entity share {settings['entity_share_target']:g} (0: off), evaluation "
         f"{settings['evaluation']}, early-stopping patience {settings['early_stopping_patience']} (on the validation "
-        f"F1 averaged over 3 evaluations), best checkpoint by validation F1; {settings['batch_plan']}.",
+        f"F1 averaged over 3 evaluations), best checkpoint by validation F1, label weights in the loss "
+        f"{settings['tag_weights']} (power 0: off), {settings['precision']}; {settings['batch_plan']}.",
         "",
         f"- trained {outcome['training_seconds'] / 60:.1f} min, {outcome['steps']} steps, "
         f"{outcome['epochs']:.1f} epochs, {outcome['real_tokens_per_second']:.0f} real tokens/s",

@@ -55,23 +55,50 @@ class TokenLoss:
     by the number of processes, which scales the gradients (transformers 5.23).
     """
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    def __init__(self, label_smoothing: float = 0.0, tag_weights: np.ndarray | None = None) -> None:
         self.label_smoothing = label_smoothing
+        self.tag_weights = tag_weights
+        self._weight_tensor = None
 
     def __call__(self, outputs, labels, num_items_in_batch=None):
         import torch
         import torch.nn.functional as F
 
         logits = outputs["logits"]
+        if self.tag_weights is not None and self._weight_tensor is None:
+            self._weight_tensor = torch.as_tensor(self.tag_weights, dtype=torch.float32, device=logits.device)
         total = F.cross_entropy(
             logits.reshape(-1, logits.size(-1)).float(),
             labels.reshape(-1),
+            weight=self._weight_tensor,
             ignore_index=IGNORE_INDEX,
             label_smoothing=self.label_smoothing,
             reduction="sum",
         )
         count = num_items_in_batch if num_items_in_batch is not None else labels.ne(IGNORE_INDEX).sum()
         return total / torch.as_tensor(count, device=total.device).clamp(min=1)
+
+
+def tag_weights(labels: np.ndarray, tags: Sequence[str], power: float, cap: float) -> np.ndarray | None:
+    """Each tag's loss weight from the train windows' ``labels``: (O tokens / its label's tokens) ** ``power``,
+    between 1 and ``cap``, the same for a label's B- and I- tags; None for ``power`` 0. A label with no token
+    gets ``cap`` (it never meets a target).
+
+    Why: a receipt has one total among several amounts, so with every token weighing the same a short CPU run
+    learns the header's company and address and never tags a total (BENCHMARKS.md, sections 5 and 8). Why per
+    label: B- tags by their own, rarer, count would weigh starting a span above continuing one.
+    """
+    if not power:
+        return None
+    counts = np.bincount(labels[labels != IGNORE_INDEX], minlength=len(tags)).astype(np.float64)
+    names = [tag.split("-", 1)[-1] for tag in tags]
+    by_label = {name: 0.0 for name in names}
+    for name, count in zip(names, counts, strict=True):
+        by_label[name] += count
+    outside = counts[list(tags).index("O")]
+    with np.errstate(divide="ignore"):
+        ratio = np.array([outside / by_label[name] if by_label[name] else np.inf for name in names])
+    return np.clip(ratio**power, 1.0, cap).astype(np.float32)
 
 
 class LengthBucketSampler:

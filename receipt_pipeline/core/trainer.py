@@ -22,8 +22,15 @@ from receipt_pipeline.core.windows import WindowSet
 
 def training_arguments(options: TrainingOptions, run_dir: Path, cuda: bool) -> TrainingArguments:
     """The Trainer's arguments for resolved ``options``: every setting the Trainer itself applies is set here."""
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = options.mixed_precision and (torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16())
     return TrainingArguments(**training_argument_values(options, run_dir, cuda, bf16))
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), where autocast to bfloat16 trains
+    the compact model about 1.3x faster than float32 (BENCHMARKS.md); elsewhere it is emulated, and slower."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 def training_argument_values(options: TrainingOptions, run_dir: Path, cuda: bool, bf16: bool) -> dict:
@@ -54,7 +61,7 @@ def training_argument_values(options: TrainingOptions, run_dir: Path, cuda: bool
         greater_is_better=True,
         save_total_limit=2,
         bf16=bf16,
-        fp16=cuda and not bf16,
+        fp16=options.mixed_precision and cuda and not bf16,
         tf32=True if cuda else None,
         dataloader_pin_memory=cuda,
         dataloader_num_workers=options.dataloader_workers if cuda else 0,
@@ -70,16 +77,29 @@ def training_argument_values(options: TrainingOptions, run_dir: Path, cuda: bool
 OUTSIDE_OFFSETS = tuple(float(v) for v in np.arange(-4.0, 4.01, 0.5))
 
 
-def outside_margins(tags: list[str]) -> Callable:
+def weight_correction(tag_weights: np.ndarray | None) -> np.ndarray | None:
+    """What to take from each tag's logit to undo its loss weight: log(weight). A loss that weighs tag c by w_c
+    is minimised by probabilities proportional to w_c x the true ones (logit adjustment, Menon et al. 2021),
+    so the weights that make rare tags learnt early would otherwise leave the model over-predicting them."""
+    return None if tag_weights is None else np.log(np.asarray(tag_weights, dtype=np.float32))
+
+
+def outside_margins(tags: list[str], correction: np.ndarray | None = None) -> Callable:
     """``preprocess_logits_for_metrics``: for each token, how far the O logit leads the best entity tag, and
-    that tag; enough to read the prediction under any O offset without keeping every logit."""
+    that tag, after taking ``correction`` (:func:`weight_correction`) from the logits; enough to read the
+    prediction under any O offset without keeping every logit."""
     outside = tags.index(OUTSIDE)
+    shift = None if correction is None else torch.as_tensor(correction, dtype=torch.float32)
 
     def preprocess(logits, labels):
-        entity = logits.float().clone()
+        entity = logits.float()
+        if shift is not None:
+            entity = entity - shift.to(entity.device)
+        outside_logit = entity[..., outside].clone()
+        entity = entity.clone()
         entity[..., outside] = float("-inf")
         best = entity.max(dim=-1)
-        return torch.stack([logits[..., outside].float() - best.values, best.indices.float()], dim=-1)
+        return torch.stack([outside_logit - best.values, best.indices.float()], dim=-1)
 
     return preprocess
 
@@ -128,11 +148,14 @@ def outside_offset_of_best(state) -> float:
     return float(offsets[-1]) if offsets else 0.0
 
 
-def apply_outside_offset(model, tags: list[str], offset: float) -> None:
-    """Adds ``offset`` to the classifier's O bias, so that the plain argmax of any runtime (PyTorch, ONNX,
-    Core ML) predicts what validation measured."""
+def apply_outside_offset(model, tags: list[str], offset: float, correction: np.ndarray | None = None) -> None:
+    """Takes ``correction`` from the classifier's biases and adds ``offset`` to its O bias, so that the plain
+    argmax of any runtime (PyTorch, ONNX, Core ML) predicts what validation measured."""
     with torch.no_grad():
-        model.classifier.bias[tags.index(OUTSIDE)] += offset
+        bias = model.classifier.bias
+        if correction is not None:
+            bias -= torch.as_tensor(correction, dtype=bias.dtype, device=bias.device)
+        bias[tags.index(OUTSIDE)] += offset
 
 
 def smoothed(scores: list[float], window: int) -> list[float]:

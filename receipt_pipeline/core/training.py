@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from receipt_pipeline.core import base_model, checkpoint_store, memory
-from receipt_pipeline.core.batching import TokenLoss, WindowCollator
+from receipt_pipeline.core.batching import TokenLoss, WindowCollator, tag_weights
 from receipt_pipeline.core.box_augmentation import BoxAugmentation
 from receipt_pipeline.core.errors import ExplainedError
 from receipt_pipeline.core.settings import environment
@@ -63,6 +63,7 @@ class TrainingResult:
     hyperparameters: dict = field(default_factory=dict)
     batch_plan: str = ""  # how the optimizer's batch ran on this device's memory (core.memory)
     outside_offset: float = 0.0  # added to the best model's O bias: the offset validation chose (core.trainer)
+    tag_weights: dict[str, float] = field(default_factory=dict)  # each tag's loss weight; empty: all 1
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -168,6 +169,7 @@ def build_trainer(
         entity_f1_metrics,
         outside_margins,
         training_arguments,
+        weight_correction,
     )
 
     tags: list[str] = manifest["tags"]
@@ -176,6 +178,7 @@ def build_trainer(
     validation_set = WindowSet(manifest, "validation")
     if not len(train_set) or not len(validation_set):
         raise TrainingError(f"no windows to train on: train {len(train_set)}, validation {len(validation_set)}")
+    weights = tag_weights(train_set.labels, tags, options.tag_weight_power, options.tag_weight_cap)
     if tokenizer is None:
         tokenizer = matching_tokenizer(options.base_model, manifest)
     else:
@@ -215,8 +218,8 @@ def build_trainer(
             tokenizer.pad_token_id, multiple_of=8 if cuda else None, pad_to_length=options.pad_to_length
         ),
         compute_metrics=entity_f1_metrics(validation_set),
-        compute_loss_func=TokenLoss(options.label_smoothing),
-        preprocess_logits_for_metrics=outside_margins(tags),
+        compute_loss_func=TokenLoss(options.label_smoothing, weights),
+        preprocess_logits_for_metrics=outside_margins(tags, weight_correction(weights)),
         callbacks=[SmoothedEarlyStopping(options.early_stopping_patience), progress],
         length_buckets=options.group_by_length,
         sampler_seed=options.seed,
@@ -224,6 +227,11 @@ def build_trainer(
         warmup_ratio=options.warmup_ratio,
     )
     trainer.batch_plan = plan.describe(*requested)
+    # each tag's weight as trained, for the checkpoint's metadata; empty: every tag weighed 1
+    trainer.loss_weights = weights
+    trainer.tag_weights = {}
+    if weights is not None:
+        trainer.tag_weights = {tag: round(float(w), 3) for tag, w in zip(tags, weights, strict=True)}
     return trainer, progress, tokenizer
 
 
@@ -240,7 +248,7 @@ def train(
     ``<run_dir>/best``. ``sync(folder, name)`` is called for every complete checkpoint and for the best."""
     import torch
 
-    from receipt_pipeline.core.trainer import apply_outside_offset, outside_offset_of_best
+    from receipt_pipeline.core.trainer import apply_outside_offset, outside_offset_of_best, weight_correction
 
     cuda = gpu_available()
     options = (options or TrainingOptions()).resolved(gpu=cuda)
@@ -289,7 +297,7 @@ def train(
     if main_process:
         shutil.rmtree(staging, ignore_errors=True)
     outside_offset = outside_offset_of_best(trainer.state)
-    apply_outside_offset(trainer.model, manifest["tags"], outside_offset)
+    apply_outside_offset(trainer.model, manifest["tags"], outside_offset, weight_correction(trainer.loss_weights))
     trainer.save_model(str(staging))
     hyperparameters = asdict(options)
     if main_process:
@@ -325,6 +333,7 @@ def train(
         hyperparameters=hyperparameters,
         batch_plan=trainer.batch_plan,
         outside_offset=outside_offset,
+        tag_weights=trainer.tag_weights,
     )
 
 

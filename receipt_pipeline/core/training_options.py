@@ -77,12 +77,25 @@ class TrainingOptions:
     weight_decay: float = _setting(0.01, "AdamW weight decay.", ge=0)
     warmup_ratio: float = _setting(0.1, "Share of the steps spent warming the learning rate up.", ge=0, lt=1)
     label_smoothing: float = _setting(0.0, "Label smoothing of the token loss.", ge=0, lt=1)
+    tag_weight_power: float = _setting(
+        0.5,
+        "Each label's weight in the loss (its B- and I- tags alike): (O tokens / the label's tokens in the train "
+        "split) to this power, at most tag_weight_cap; 0: every tag weighs the same.",
+        ge=0,
+        le=1,
+    )
+    tag_weight_cap: float = _setting(10.0, "The largest weight tag_weight_power gives a label.", ge=1)
     max_grad_norm: float = _setting(1.0, "Gradient clipping norm.", gt=0)
     early_stopping_patience: int = _setting(
         3, "Evaluations without a better validation F1, averaged over the last 3, before stopping.", ge=1
     )
     seed: int = _setting(42, "Seed of the head's initialisation, the batch order and augmentation.")
     auto_batch_size: bool = _setting(False, "Halve the batch on out-of-memory until it fits.")
+    mixed_precision: bool = _setting(
+        True,
+        "bfloat16 autocast where the device computes it natively (CUDA from Ampere on, a CPU with AVX512-BF16 "
+        "or AMX), else float16 on CUDA and float32 on a CPU; off: float32 throughout.",
+    )
     augment: bool = _setting(False, "Rotate, scale and jitter train boxes as they are read.")
     max_steps: int = _setting(-1, "Stop after this many optimizer steps; -1: epochs decide.")
     eval_steps: int | None = _setting(None, "Evaluate and save every N steps, not every epoch.", ge=1)

@@ -162,6 +162,7 @@ def layoutlm_checkpoint(
             "hyperparameters": dg.MetadataValue.json(result.hyperparameters),
             "batch_plan": result.batch_plan,
             "outside_offset": result.outside_offset,
+            "tag_weights": dg.MetadataValue.json(result.tag_weights),
             **({"sweep_trial": f"{best['study']} trial {best['trial']} ({best['partition']})"} if best else {}),
             "evaluations": dg.MetadataValue.json(result.evaluations),
             "weights_sha256": version,

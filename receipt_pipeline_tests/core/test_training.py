@@ -24,7 +24,16 @@ from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline.core.windows import WindowSet
 from receipt_pipeline_tests.training_data import build_manifest, synthetic_words
 
-QUICK = dict(max_steps=8, eval_steps=4, per_device_batch_size=4, gradient_accumulation_steps=1, warmup_ratio=0.0)
+# float32: validation under bf16 autocast (the default where the CPU has it) reads a few tokens otherwise than
+# evaluate's float32 does, and these tests compare the two exactly
+QUICK = dict(
+    max_steps=8,
+    eval_steps=4,
+    per_device_batch_size=4,
+    gradient_accumulation_steps=1,
+    warmup_ratio=0.0,
+    mixed_precision=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +54,27 @@ def test_the_collator_pads_every_tensor_to_the_longest_window_and_ignores_paddin
     assert batch["labels"].tolist() == [[-100, 2, -100], [-100, -100, -100]]
     assert batch["bbox"].shape == (2, 3, 4) and batch["bbox"][1, 2].tolist() == [0, 0, 0, 0]
     assert batching.WindowCollator(0, multiple_of=8)(features)["input_ids"].shape == (2, 8)
+
+
+def test_rare_labels_weigh_more_in_the_loss_as_the_root_of_their_rarity_up_to_the_cap():
+    import torch
+
+    tags = ["O", "B-TOTAL", "I-TOTAL", "B-ADDRESS", "I-ADDRESS", "B-DATE"]
+    # 400 O, 4 TOTAL tokens, 100 ADDRESS tokens (20 B-, 80 I-), no DATE; padding ignored
+    labels = np.array([0] * 400 + [1] * 4 + [3] * 20 + [4] * 80 + [-100] * 50)
+    weights = batching.tag_weights(labels, tags, power=0.5, cap=8.0)
+    # sqrt(100) capped; B- and I- of a label weigh the same; a label never seen gets the cap
+    assert weights.tolist() == [1.0, 8.0, 8.0, 2.0, 2.0, 8.0]
+    assert batching.tag_weights(labels, tags, power=0.0, cap=8.0) is None
+
+    logits = torch.randn(1, 6, 6)
+    targets = torch.tensor([[0, 1, 3, -100, 0, 1]])
+    weighted = batching.TokenLoss(tag_weights=weights)({"logits": logits}, targets)
+    kept = [0, 1, 2, 4, 5]
+    per_token = torch.nn.functional.cross_entropy(logits[0, kept], targets[0, kept], reduction="none")
+    expected = (per_token * torch.tensor([1.0, 8.0, 2.0, 1.0, 8.0])).sum() / 5
+    assert torch.allclose(weighted, expected)
+    assert torch.allclose(batching.TokenLoss()({"logits": logits}, targets), per_token.mean())
 
 
 def test_unset_batch_and_rate_follow_the_base_model_and_set_ones_are_kept():
@@ -98,7 +128,9 @@ def test_micro_batches_with_accumulation_train_as_the_folded_batch(tmp_path):
 def test_a_few_steps_make_the_loss_fall_and_leave_the_best_model_folder(small_manifest, tmp_path):
     evaluations = []
     result = train(small_manifest, tmp_path / "run", TrainingOptions(**QUICK), on_evaluate=evaluations.append)
-    assert result.first_loss > result.last_loss, (result.first_loss, result.last_loss)
+    # on the same validation windows: a step's train loss depends on how many rare, weighted-up tags its batch has
+    assert evaluations[0]["eval_loss"] > evaluations[-1]["eval_loss"], evaluations
+    assert result.tag_weights["O"] == 1.0 and max(result.tag_weights.values()) > 1.0
     assert result.steps == 8 and result.device == "cpu"
     assert [e["step"] for e in evaluations] == [4, 8] and all("eval_f1" in e for e in evaluations)
     assert result.real_tokens > 0 and result.real_tokens_per_second > 0
@@ -135,6 +167,30 @@ def test_validation_picks_the_o_offset_under_which_entity_tags_that_rank_second_
     metrics = entity_f1_metrics(windows)(EvalPrediction(predictions=margins, label_ids=labels))
     assert metrics["argmax_f1"] == 0.0
     assert metrics["f1"] == 1.0 and metrics["outside_offset"] == -1.5  # the smallest offset that finds them all
+
+
+def test_the_model_kept_predicts_as_validation_scored_it_with_the_weights_taken_out_and_the_offset_added():
+    import torch
+
+    from receipt_pipeline.core.trainer import apply_outside_offset, outside_margins, weight_correction
+
+    tags = ["O", "B-TOTAL", "B-DATE"]
+    weights = np.array([1.0, 9.0, 4.0], dtype=np.float32)
+    correction = weight_correction(weights)
+    assert np.allclose(correction, np.log(weights))
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.classifier = torch.nn.Linear(5, 3)
+    features = 10 * torch.randn(200, 5)
+    with torch.no_grad():
+        margins = outside_margins(tags, correction)(model.classifier(features), None).numpy()
+    offset = 0.5
+    scored = np.where(margins[:, 0] + offset >= 0, 0, margins[:, 1])  # how validation reads a prediction
+    apply_outside_offset(model, tags, offset, correction)
+    with torch.no_grad():
+        kept = model.classifier(features).argmax(-1).numpy()
+    assert (kept == scored).mean() == 1.0
+    assert len(set(kept.tolist())) > 1  # not all one tag: the comparison says something
 
 
 def test_a_rerun_resumes_from_the_newest_complete_checkpoint_and_skips_a_half_written_one(small_manifest, tmp_path):

@@ -23,10 +23,13 @@ CHOSEN = {
     "weight_decay": 0.07,
     "warmup_ratio": 0.15,
     "label_smoothing": 0.05,
+    "tag_weight_power": 0.3,
+    "tag_weight_cap": 4.0,
     "max_grad_norm": 0.7,
     "early_stopping_patience": 5,
     "seed": 123,
     "auto_batch_size": True,
+    "mixed_precision": False,
     "augment": True,
     "max_steps": 11,
     "eval_steps": 4,
@@ -47,6 +50,7 @@ def manifest(module_tmp):
 def test_every_setting_reaches_the_trainer(manifest, tmp_path):
     import torch
 
+    from receipt_pipeline.core.batching import tag_weights
     from receipt_pipeline.core.trainer import BudgetedLinearSchedule, SmoothedEarlyStopping, training_argument_values
 
     assert set(CHOSEN) == {f.name for f in dataclasses.fields(TrainingOptions)}, "a setting the test does not set"
@@ -68,10 +72,18 @@ def test_every_setting_reaches_the_trainer(manifest, tmp_path):
         "weight_decay": args.weight_decay == 0.07,
         "warmup_ratio": args.warmup_steps == 0.15 and schedule.warmup_ratio == 0.15,
         "label_smoothing": trainer.compute_loss_func.label_smoothing == 0.05,
+        "tag_weight_power": (
+            trainer.compute_loss_func.tag_weights == tag_weights(trainer.train_dataset.labels, manifest["tags"], 0.3, 4)
+        ).all(),
+        "tag_weight_cap": trainer.compute_loss_func.tag_weights.max() == 4.0,
         "max_grad_norm": args.max_grad_norm == 0.7,
         "early_stopping_patience": early_stopping.early_stopping_patience == 5,
         "seed": args.seed == 123 and trainer.sampler_seed == 123 and trainer.train_dataset.augment.seed == 123,
         "auto_batch_size": args.auto_find_batch_size is True,
+        # float32 on this machine's CPU, and no float16 on a GPU without bfloat16 either
+        "mixed_precision": not args.bf16
+        and not args.fp16
+        and not training_argument_values(options.resolved(gpu=True), tmp_path, cuda=True, bf16=False)["fp16"],
         "augment": isinstance(trainer.train_dataset.augment, BoxAugmentation),
         "max_steps": args.max_steps == 11,
         "eval_steps": (args.eval_steps, args.save_steps, args.eval_strategy.value) == (4, 4, "steps"),
