@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from receipt_pipeline.core.bio import OUTSIDE
 from receipt_pipeline.core.windows import IGNORE_INDEX
 
 
@@ -91,13 +92,10 @@ def tag_weights(labels: np.ndarray, tags: Sequence[str], power: float, cap: floa
     if not power:
         return None
     counts = np.bincount(labels[labels != IGNORE_INDEX], minlength=len(tags)).astype(np.float64)
-    names = [tag.split("-", 1)[-1] for tag in tags]
-    by_label = {name: 0.0 for name in names}
-    for name, count in zip(names, counts, strict=True):
-        by_label[name] += count
-    outside = counts[list(tags).index("O")]
-    with np.errstate(divide="ignore"):
-        ratio = np.array([outside / by_label[name] if by_label[name] else np.inf for name in names])
+    _, label_of_tag = np.unique([tag.split("-", 1)[-1] for tag in tags], return_inverse=True)
+    label_counts = np.bincount(label_of_tag, weights=counts)[label_of_tag]
+    outside = counts[list(tags).index(OUTSIDE)]
+    ratio = np.divide(outside, label_counts, out=np.full(len(tags), np.inf), where=label_counts > 0)
     return np.clip(ratio**power, 1.0, cap).astype(np.float32)
 
 

@@ -92,14 +92,9 @@ def outside_margins(tags: list[str], correction: np.ndarray | None = None) -> Ca
     shift = None if correction is None else torch.as_tensor(correction, dtype=torch.float32)
 
     def preprocess(logits, labels):
-        entity = logits.float()
-        if shift is not None:
-            entity = entity - shift.to(entity.device)
-        outside_logit = entity[..., outside].clone()
-        entity = entity.clone()
-        entity[..., outside] = float("-inf")
-        best = entity.max(dim=-1)
-        return torch.stack([outside_logit - best.values, best.indices.float()], dim=-1)
+        scores = logits.float() if shift is None else logits.float() - shift.to(logits.device)
+        best = scores.index_fill(-1, torch.tensor([outside], device=scores.device), float("-inf")).max(dim=-1)
+        return torch.stack([scores[..., outside] - best.values, best.indices.float()], dim=-1)
 
     return preprocess
 

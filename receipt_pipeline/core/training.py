@@ -227,11 +227,6 @@ def build_trainer(
         warmup_ratio=options.warmup_ratio,
     )
     trainer.batch_plan = plan.describe(*requested)
-    # each tag's weight as trained, for the checkpoint's metadata; empty: every tag weighed 1
-    trainer.loss_weights = weights
-    trainer.tag_weights = {}
-    if weights is not None:
-        trainer.tag_weights = {tag: round(float(w), 3) for tag, w in zip(tags, weights, strict=True)}
     return trainer, progress, tokenizer
 
 
@@ -297,7 +292,8 @@ def train(
     if main_process:
         shutil.rmtree(staging, ignore_errors=True)
     outside_offset = outside_offset_of_best(trainer.state)
-    apply_outside_offset(trainer.model, manifest["tags"], outside_offset, weight_correction(trainer.loss_weights))
+    weights = trainer.compute_loss_func.tag_weights
+    apply_outside_offset(trainer.model, manifest["tags"], outside_offset, weight_correction(weights))
     trainer.save_model(str(staging))
     hyperparameters = asdict(options)
     if main_process:
@@ -333,7 +329,9 @@ def train(
         hyperparameters=hyperparameters,
         batch_plan=trainer.batch_plan,
         outside_offset=outside_offset,
-        tag_weights=trainer.tag_weights,
+        tag_weights={tag: round(float(w), 3) for tag, w in zip(manifest["tags"], weights, strict=True)}
+        if weights is not None
+        else {},
     )
 
 
