@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,9 @@ from receipt_pipeline.core import storage, word_table
 from receipt_pipeline.core.errors import ExplainedError
 
 SPLITS = ("train", "validation", "test")
+STRATEGIES = ("random", "merchant", "recent")
+Strategy = Literal["random", "merchant", "recent"]
+UNKNOWN_MERCHANT = "unknown"
 OUTSIDE = "O"
 BOX_SCALE = 1000
 
@@ -44,12 +49,18 @@ SCHEMA = pa.schema(
         ("line_ids", pa.list_(pa.int32())),
         # the field values the source states for the receipt (SROIE's entities), null where it states none
         ("reference_fields", pa.map_(pa.string(), pa.string())),
+        # the receipt's MERCHANT_NAME words, normalised (see merchant_of); UNKNOWN_MERCHANT where none is labelled
+        ("merchant", pa.string()),
+        # when the receipt was added to its source (the table's timestamp_added, as stored); null for SROIE
+        ("added_at", pa.string()),
     ]
 )
 LABELS_METADATA_KEY = b"receipt_pipeline.labels"
 VERSION_METADATA_KEY = b"receipt_pipeline.content_hash"
 # JSON: what each source looked like when read (word_table.SNAPSHOT_ATTR), source -> snapshot
 SNAPSHOTS_METADATA_KEY = b"receipt_pipeline.source_snapshots"
+# JSON: how the split was drawn and what it holds (SplitResult.record): what makes two reports comparable
+RECORD_METADATA_KEY = b"receipt_pipeline.split_record"
 
 
 class SplitError(ExplainedError, ValueError):
@@ -58,9 +69,14 @@ class SplitError(ExplainedError, ValueError):
 
 @dataclass(frozen=True)
 class SplitOptions:
+    # random: a hash of each receipt's key; merchant: whole merchants held out of train; recent: the newest
+    # table receipts (timestamp_added) to test, the next newest to validation
+    strategy: Strategy = "random"
     seed: int = 42
     shares: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train, validation, test
     pinned_validation: frozenset[str] = frozenset()
+    pinned_test: frozenset[str] = frozenset()
+    merchant_label: str = "MERCHANT_NAME"  # whose words name a receipt's merchant
     # train only; 0 (the default) turns it off. The earlier system's 0.7 shrinks an epoch's tokens about four-fold
     # and teaches the model that most words are entities: on SROIE it over-predicted (BENCHMARKS.md)
     entity_share_target: float = 0.0
@@ -71,6 +87,11 @@ class SplitOptions:
             raise SplitError(f"split shares must be three non-negative numbers summing to 1, got {self.shares}")
         if not 0 <= self.entity_share_target < 1:
             raise SplitError(f"entity_share_target must be in [0, 1), got {self.entity_share_target}")
+        if self.strategy not in STRATEGIES:
+            raise SplitError(f"split strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
+        both = sorted(self.pinned_validation & self.pinned_test)
+        if both:
+            raise SplitError(f"{len(both)} receipt keys are pinned to both validation and test, e.g. {both[:5]}")
 
 
 @dataclass
@@ -81,8 +102,9 @@ class SplitResult:
     entity_share_after: float
     dropped_train_lines: int
     dropped_train_words: int
-    pinned_missing: list[str]  # pinned validation keys that match no receipt
+    pinned_missing: list[str]  # pinned validation or test keys that match no receipt
     data_version: str  # a hash of the rows and the label list
+    record: dict = field(default_factory=dict)  # how it was drawn and what it holds: see split_record
 
     def receipts_per_split(self) -> dict[str, int]:
         counts = Counter(self.table.column("split").to_pylist())
@@ -167,6 +189,9 @@ def build_split(words: Iterable[pd.DataFrame], options: SplitOptions | None = No
     references = {
         key: dict(fields) for f in frames for key, fields in f.attrs.get(word_table.REFERENCE_FIELDS_ATTR, {}).items()
     }
+    receipt_added = {
+        key: str(stamp) for f in frames for key, stamp in f.attrs.get(word_table.RECEIPT_ADDED_ATTR, {}).items()
+    }
     frame = pd.concat(frames, ignore_index=True)
     frame = _map_sroie_labels(frame, options.sroie_labels)
     frame = frame.sort_values(["source", "image_id", "receipt_id", "line_id", "word_id"], kind="stable")
@@ -181,10 +206,9 @@ def build_split(words: Iterable[pd.DataFrame], options: SplitOptions | None = No
     boxes = scale_boxes(frame["x0"], frame["y0"], frame["x1"], frame["y1"])
 
     first = frame.iloc[starts]
-    splits = [
-        _split_of(key, source_split, options)
-        for key, source_split in zip(receipt_keys, first["source_split"].fillna(""), strict=True)
-    ]
+    merchants = _merchants(frame, keys, receipt_keys, options.merchant_label)
+    added = [receipt_added.get(key) for key in receipt_keys]
+    splits = assign_splits(receipt_keys.tolist(), first["source_split"].fillna("").tolist(), merchants, added, options)
     split_of_word = np.repeat(np.asarray(splits), np.diff(np.r_[starts, len(frame)]))
 
     keep = np.ones(len(frame), dtype=bool)
@@ -196,18 +220,24 @@ def build_split(words: Iterable[pd.DataFrame], options: SplitOptions | None = No
         keep, dropped_lines = _downsample_outside_lines(keys, line_ids, tags, is_train, options)
     after = _entity_share(tags[is_train & keep])
 
-    table = _receipt_table(frame, keys, tags, boxes, line_ids, split_of_word, keep, references)
+    per_receipt = {
+        "merchant": dict(zip(receipt_keys, merchants, strict=True)),
+        "added_at": dict(zip(receipt_keys, added, strict=True)),
+    }
+    table = _receipt_table(frame, keys, tags, boxes, line_ids, split_of_word, keep, references, per_receipt)
     labels = sorted(frame["label"].dropna().unique().tolist())
     table = table.replace_schema_metadata({LABELS_METADATA_KEY: ",".join(labels).encode()})
     version = content_hash(table)
+    record = split_record(table, labels, options)
     table = table.replace_schema_metadata(
         {
             **table.schema.metadata,
             VERSION_METADATA_KEY: version.encode(),
             SNAPSHOTS_METADATA_KEY: json.dumps(snapshots, sort_keys=True).encode(),
+            RECORD_METADATA_KEY: json.dumps(record, sort_keys=True).encode(),
         }
     )
-    pinned_missing = sorted(options.pinned_validation - set(receipt_keys))
+    pinned_missing = sorted((options.pinned_validation | options.pinned_test) - set(receipt_keys))
     return SplitResult(
         table=table,
         labels=labels,
@@ -217,6 +247,7 @@ def build_split(words: Iterable[pd.DataFrame], options: SplitOptions | None = No
         dropped_train_words=int((~keep).sum()),
         pinned_missing=pinned_missing,
         data_version=version,
+        record=record,
     )
 
 
@@ -231,6 +262,12 @@ def labels_of(schema_metadata: Mapping[bytes, bytes] | None) -> list[str]:
 def source_snapshots_of(schema_metadata: Mapping[bytes, bytes] | None) -> dict[str, dict]:
     """What each source looked like when the split's words were read (empty for a split without any)."""
     raw = (schema_metadata or {}).get(SNAPSHOTS_METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def record_of(schema_metadata: Mapping[bytes, bytes] | None) -> dict:
+    """How the split was drawn and what it holds (:func:`split_record`); empty for a split written before records."""
+    raw = (schema_metadata or {}).get(RECORD_METADATA_KEY)
     return json.loads(raw) if raw else {}
 
 
@@ -269,12 +306,116 @@ def _receipt_keys(frame: pd.DataFrame) -> np.ndarray:
     return (frame["source"].astype(str) + "/" + frame["image_id"].astype(str) + "/" + receipt).to_numpy(dtype=object)
 
 
-def _split_of(key: str, source_split: str, options: SplitOptions) -> str:
-    if source_split == "test":
-        return "test"  # a source's own test receipts (SROIE's) are never trained or tuned on
-    if key in options.pinned_validation:
-        return "validation"
-    return assign_split(key, options.seed, options.shares)
+def normalised_merchant(text: str) -> str:
+    """A merchant name as receipts of one merchant share it: upper case, letters and digits, single spaces."""
+    return " ".join(re.sub(r"[^0-9A-Z]+", " ", text.upper()).split()) or UNKNOWN_MERCHANT
+
+
+def _merchants(frame: pd.DataFrame, keys: np.ndarray, receipt_keys: np.ndarray, label: str) -> list[str]:
+    is_merchant = (frame["label"] == label).fillna(False).to_numpy(dtype=bool)
+    words = pd.Series(frame["text"].to_numpy(dtype=object)[is_merchant]).astype(str)
+    names = words.groupby(keys[is_merchant], sort=False).agg(" ".join)
+    return [normalised_merchant(names[key]) if key in names.index else UNKNOWN_MERCHANT for key in receipt_keys]
+
+
+def _point(name: str, seed: int) -> float:
+    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def assign_splits(
+    keys: Sequence[str],
+    source_splits: Sequence[str],
+    merchants: Sequence[str],
+    added: Sequence[str | None],
+    options: SplitOptions,
+) -> list[str]:
+    """Each receipt's split. A source's own test receipts (SROIE's) and pinned keys first, then the strategy
+    for the rest: ``random`` hashes each key; ``merchant`` takes whole merchants, in a seeded order, into test
+    until it holds its share of receipts, then into validation, the rest to train; ``recent`` puts the newest
+    dated receipts in test and the next newest in validation, and hashes the undated ones (SROIE's)."""
+    splits: list[str | None] = [None] * len(keys)
+    free = []
+    for index, (key, source_split) in enumerate(zip(keys, source_splits, strict=True)):
+        if source_split == "test" or key in options.pinned_test:
+            splits[index] = "test"  # a source's own test receipts are never trained or tuned on
+        elif key in options.pinned_validation:
+            splits[index] = "validation"
+        else:
+            free.append(index)
+    _, validation_share, test_share = options.shares
+    if options.strategy == "merchant":
+        sizes = Counter(merchants[i] for i in free)
+        order = sorted(sizes, key=lambda name: (_point(f"merchant:{name}", options.seed), name))
+        quota = {"test": test_share * len(free), "validation": validation_share * len(free)}
+        filled = dict.fromkeys(quota, 0)
+        split_of_merchant = {}
+        for name in order:
+            target = next((split for split in quota if filled[split] < quota[split]), "train")
+            split_of_merchant[name] = target
+            if target in filled:
+                filled[target] += sizes[name]
+        for i in free:
+            splits[i] = split_of_merchant[merchants[i]]
+    elif options.strategy == "recent":
+        dated = [i for i in free if np.isfinite(word_table.sortable_time(added[i]))]
+        newest_first = sorted(dated, key=lambda i: (-word_table.sortable_time(added[i]), keys[i]))
+        tests = round(test_share * len(dated))
+        validations = round(validation_share * len(dated))
+        for rank, i in enumerate(newest_first):
+            splits[i] = "test" if rank < tests else "validation" if rank < tests + validations else "train"
+        undated = set(free) - set(dated)
+        for i in undated:
+            splits[i] = assign_split(keys[i], options.seed, options.shares)
+    else:
+        for i in free:
+            splits[i] = assign_split(keys[i], options.seed, options.shares)
+    return splits  # type: ignore[return-value]
+
+
+def keys_digest(keys: Iterable[str]) -> str:
+    """A hash of a set of receipt keys, independent of their order: equal exactly when the sets are."""
+    return hashlib.sha256("\n".join(sorted(set(keys))).encode()).hexdigest()[:24]
+
+
+def recent_since(added: Iterable[str | None], share: float) -> str | None:
+    """The time from which the newest ``share`` of the dated receipts were added: the report's recent slice
+    holds the receipts the ``recent`` strategy would test on, whatever strategy drew the split."""
+    stamps = sorted((s for s in added if s and np.isfinite(word_table.sortable_time(s))), key=word_table.sortable_time)
+    if not stamps:
+        return None
+    count = max(1, round(share * len(stamps)))
+    return stamps[-count]
+
+
+def split_record(table: pa.Table, labels: Sequence[str], options: SplitOptions) -> dict:
+    """How the split was drawn and what it holds: the strategy and its settings, the label set, a hash of each
+    split's keys (two reports are on the same receipts exactly when their test hashes are equal), and how many
+    receipts and merchants each split holds, with the test merchants also seen in train."""
+    keys = table.column("key").to_pylist()
+    splits = table.column("split").to_pylist()
+    merchants = table.column("merchant").to_pylist()
+    by_split = {name: [k for k, s in zip(keys, splits, strict=True) if s == name] for name in SPLITS}
+    merchants_of = {
+        name: {m for m, s in zip(merchants, splits, strict=True) if s == name and m != UNKNOWN_MERCHANT}
+        for name in SPLITS
+    }
+    added = table.column("added_at").to_pylist()
+    return {
+        "strategy": options.strategy,
+        "seed": options.seed,
+        "shares": list(options.shares),
+        "labels": list(labels),
+        "merchant_label": options.merchant_label,
+        "pinned_validation": len(options.pinned_validation),
+        "pinned_test": len(options.pinned_test),
+        "keys_sha256": {name: keys_digest(by_split[name]) for name in SPLITS},
+        "receipts": {name: len(by_split[name]) for name in SPLITS},
+        "merchants": {name: len(merchants_of[name]) for name in SPLITS},
+        "test_merchants_seen_in_train": len(merchants_of["test"] & merchants_of["train"]),
+        "recent_since": recent_since(added, options.shares[2]),
+        "receipts_without_added_at": sum(stamp is None for stamp in added),
+    }
 
 
 def _bio_tags_vectorised(labels: pd.Series, receipt_starts: np.ndarray) -> np.ndarray:
@@ -337,6 +478,7 @@ def _receipt_table(
     split_of_word: np.ndarray,
     keep: np.ndarray,
     references: Mapping[str, Mapping[str, str]],
+    per_receipt: Mapping[str, Mapping[str, str | None]],
 ) -> pa.Table:
     keys, tags, boxes, line_ids, split_of_word = (
         keys[keep],
@@ -364,6 +506,10 @@ def _receipt_table(
         "reference_fields": pa.array(
             [_fields_of(references.get(key)) for key in keys[starts].tolist()], pa.map_(pa.string(), pa.string())
         ),
+        **{
+            name: pa.array([values.get(key) for key in keys[starts].tolist()], pa.string())
+            for name, values in per_receipt.items()
+        },
     }
     return pa.Table.from_pydict(columns, schema=SCHEMA)
 

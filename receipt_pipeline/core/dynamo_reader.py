@@ -15,7 +15,6 @@ share of what was read.
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -30,6 +29,7 @@ from botocore.exceptions import ClientError
 from receipt_pipeline.core import aws, word_table
 from receipt_pipeline.core.dynamo_schema import (
     LABEL_VOCABULARY,
+    RECEIPT,
     RECEIPT_WORD,
     RECEIPT_WORD_LABEL,
     BadItem,
@@ -44,6 +44,7 @@ from receipt_pipeline.core.dynamo_schema import (
     label_sk,
     parse_label,
     parse_word,
+    receipt_key_of,
     validation_status_gsi3pk,
     word_key_of,
 )
@@ -88,6 +89,8 @@ class ReadResult:
     label_counts: Counter = field(default_factory=Counter)  # final label -> words
     words_with_conflicting_labels: int = 0
     newest_label_timestamp: str | None = None
+    # receipt key (word_table.receipt_key) -> the receipt item's timestamp_added, for the receipts read that have one
+    receipt_added: dict[str, str] = field(default_factory=dict)
     # the table's labels of SNAPSHOT_STATUS, counted in the same pass that found the data
     snapshot: LabelSnapshot | None = None
 
@@ -214,9 +217,14 @@ def _scan_segment(client, table: str, segment: int, segments: int, tally: _Tally
             TableName=table,
             Segment=segment,
             TotalSegments=segments,
-            FilterExpression="#type IN (:word, :label)",
+            # receipts too: their timestamp_added dates a receipt for the split's `recent` strategy
+            FilterExpression="#type IN (:word, :label, :receipt)",
             ExpressionAttributeNames={"#type": "TYPE"},
-            ExpressionAttributeValues={":word": {"S": RECEIPT_WORD}, ":label": {"S": RECEIPT_WORD_LABEL}},
+            ExpressionAttributeValues={
+                ":word": {"S": RECEIPT_WORD},
+                ":label": {"S": RECEIPT_WORD_LABEL},
+                ":receipt": {"S": RECEIPT},
+            },
         )
     )
 
@@ -235,6 +243,7 @@ class _Partial:
     considered: int = 0
     conflicts: int = 0
     newest_label_timestamp: str = ""
+    receipt_added: dict[ReceiptKey, str] = field(default_factory=dict)  # the receipt item's timestamp_added
 
     def saw_label_added(self, timestamp: str) -> None:
         # compared as times: the table mixes forms (with and without an offset or microseconds)
@@ -277,13 +286,7 @@ def _choose_label(labels: list[WordLabel], options: ReadOptions) -> tuple[str | 
     return chosen, len(candidates) > 1
 
 
-def _sortable(timestamp: str) -> float:
-    """Seconds since the epoch of an ISO 8601 time, a time without an offset read as UTC; -inf if unreadable."""
-    try:
-        moment = dt.datetime.fromisoformat(timestamp)
-    except (ValueError, TypeError):
-        return float("-inf")
-    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
+_sortable = word_table.sortable_time
 
 
 def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Partial:
@@ -298,8 +301,14 @@ def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Parti
     bad: list[tuple[WordKey | None, BadItem]] = []
     items_per_receipt: Counter = Counter()
     seen: set[str] = set()
+    receipt_added: dict[ReceiptKey, str] = {}
     for item in items:
         item_type = _item_type(item)
+        if item_type == RECEIPT:
+            receipt = receipt_key_of(item)
+            if receipt is not None and isinstance(item.get("timestamp_added"), str):
+                receipt_added[receipt] = item["timestamp_added"]
+            continue
         if item_type not in (RECEIPT_WORD, RECEIPT_WORD_LABEL):
             continue  # receipts, lines and other item types are not this reader's business
         key = word_key_of(item)
@@ -334,6 +343,7 @@ def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Parti
             sk = label_sk(*label.key[1:], label.label)
             bad.append((label.key, BadItem("unknown_label", f"{image_pk(label.key[0])}|{sk}", label.label)))
     partial.receipts = receipts
+    partial.receipt_added = {key: stamp for key, stamp in receipt_added.items() if key in receipts}
 
     for key, error in bad:
         if key is None or key[:2] in partial.receipts:
@@ -429,6 +439,11 @@ def _combine(partials: list[_Partial], options: ReadOptions, tally: _Tally, snap
         label_counts=Counter(frame["label"].dropna().tolist()),
         words_with_conflicting_labels=sum(p.conflicts for p in partials),
         newest_label_timestamp=max((p.newest_label_timestamp for p in partials), default="", key=_sortable) or None,
+        receipt_added={
+            word_table.receipt_key(word_table.SOURCE_DYNAMO, *key): stamp
+            for p in partials
+            for key, stamp in p.receipt_added.items()
+        },
         snapshot=snapshot,
     )
     statuses = ", ".join(options.accepted_statuses)

@@ -276,6 +276,15 @@ def label_in_keys(item: Mapping[str, Any]) -> str | None:
     return match["label"] if match else None
 
 
+def receipt_key_of(item: dict[str, Any]) -> ReceiptKey | None:
+    """The receipt a receipt item is, read from its keys alone; None if they are malformed."""
+    image_id = image_id_of(str(item.get("PK", "")))
+    match = _RECEIPT_SK.match(str(item.get("SK", "")))
+    if image_id is None or match is None:
+        return None
+    return image_id, int(match["receipt"])
+
+
 def word_key_of(item: dict[str, Any]) -> WordKey | None:
     """The word a word or word-label item belongs to, read from its keys alone; None if they are malformed."""
     image_id = image_id_of(str(item.get("PK", "")))

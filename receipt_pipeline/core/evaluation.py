@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -331,6 +332,9 @@ class Report:
     fields: dict | None  # SROIE field-level scores, where the split has SROIE receipts with references
     confusion_labels: list[str]
     confusion: list[list[int]]
+    labels: list[str] = dataclasses.field(default_factory=list)
+    # receipt key -> label -> [correct, predicted, true] entities: what a paired comparison resamples
+    receipt_counts: dict = dataclasses.field(default_factory=dict)
 
     def headline(self) -> dict[str, float]:
         figures = {
@@ -441,6 +445,8 @@ def evaluate(
         fields=fields,
         confusion_labels=names,
         confusion=matrix.tolist(),
+        labels=list(windows.label_names),
+        receipt_counts=receipt_entity_counts(truth, predicted),
     )
 
 
@@ -528,3 +534,74 @@ def evaluate_sroie_folder(checkpoint: str, sroie_dir: str, work_dir: str) -> Fol
         pad_token_id=tokenizer.pad_token_id,
     )
     return FolderEvaluation(report, sroie.problems)
+
+
+# ------------------------------------------------------------------------------------------ per receipt
+
+
+def receipt_entity_counts(
+    truth: Mapping[str, list[str]], predicted: Mapping[str, list[str]]
+) -> dict[str, dict[str, list[int]]]:
+    """Per receipt and label, [correct, predicted, true] entities as seqeval's strict IOB2 mode counts them:
+    summed over any set of receipts they give that set's micro scores, which is what a paired comparison of
+    two models, receipt by receipt, resamples."""
+    from seqeval.scheme import IOB2, Entities
+
+    counts: dict[str, dict[str, list[int]]] = {}
+    for key, reference in truth.items():
+        guess = predicted.get(key, [OUTSIDE] * len(reference))
+        true = {e.to_tuple()[1:] for e in Entities([reference], IOB2, suffix=False).entities[0]}
+        found = {e.to_tuple()[1:] for e in Entities([guess], IOB2, suffix=False).entities[0]}
+        per_label: dict[str, list[int]] = {}
+        for entity in true | found:
+            row = per_label.setdefault(entity[0], [0, 0, 0])
+            row[0] += entity in true and entity in found
+            row[1] += entity in found
+            row[2] += entity in true
+        counts[key] = per_label
+    return counts
+
+
+def model_receipt_tags(model, windows: WindowSet, pad_token_id: int) -> dict[str, list[str]]:
+    """A model's repaired tags per receipt on ``windows``, read through the model's own tag names: a model
+    with another label list (a production model from before a label change) is scored on the same words."""
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    merged = merge_word_predictions(windows, predict(model, windows, pad_token_id))
+    return {key: repair_bio([names[i] if i >= 0 else OUTSIDE for i in ids.tolist()]) for key, ids in merged.items()}
+
+
+def score_on_same_receipts(model_dir: str, manifest: dict, split: str, rows, work_dir: str) -> dict:
+    """Another model (the production one) scored on the receipts of ``manifest``'s ``split``, against the same
+    true tags: {"labels", "counts", "entity_f1"}. Windows cut with another tokenizer would feed it ids it never
+    learnt, so a model whose tokenizer differs gets the split's ``rows`` cut again with its own."""
+    import json
+    from pathlib import PurePosixPath
+
+    from receipt_pipeline.core import base_model
+    from receipt_pipeline.core.windows import WindowOptions, write_windows
+
+    location = str(checkpoint_folder(model_dir))
+    labels = json.loads((Path(location) / "label_map.json").read_text())["labels"]
+    model = load_classifier(location)
+    tokenizer = base_model.load_tokenizer(location)
+    windows = WindowSet(manifest, split)
+    truth = true_receipt_tags(windows)
+    own_windows = windows
+    if base_model.tokenizer_fingerprint(tokenizer) != manifest.get("tokenizer", {}).get("fingerprint"):
+        window = manifest.get("window", {})
+        options = WindowOptions(max_length=window.get("max_length", 512), stride=window.get("stride", 128))
+        columns = ["key", "split", "words", "boxes", "tags"]
+        cut, _ = write_windows(
+            rows.select(columns).to_batches(),
+            tokenizer,
+            manifest["labels"],
+            str(PurePosixPath(work_dir) / "windows"),
+            options,
+        )
+        own_windows = WindowSet(cut, split)
+    predicted = model_receipt_tags(model, own_windows, tokenizer.pad_token_id)
+    return {
+        "labels": labels,
+        "counts": receipt_entity_counts(truth, predicted),
+        "entity_f1": overall_entity_scores(truth, predicted)["f1"],
+    }

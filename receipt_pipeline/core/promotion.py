@@ -12,6 +12,8 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
 from receipt_pipeline.core import storage
 from receipt_pipeline.core.errors import ExplainedError
 
@@ -86,3 +88,129 @@ def promote(checkpoint_uri: str, root: str, manifest: dict) -> dict:
     document = {**manifest, "files": names, "promoted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     storage.write_bytes(storage.join(root, MANIFEST), json.dumps(document, indent=2, sort_keys=True).encode())
     return document
+
+
+# ------------------------------------------------------------------------------------------ champion, challenger
+
+RESAMPLES = 1000
+MIN_LABEL_SUPPORT = 20  # a label's drop counts against the candidate from this many true entities on
+
+
+@dataclass(frozen=True)
+class PairedDecision:
+    """The candidate against the production model, both scored on the candidate's test receipts."""
+
+    passed: bool
+    reason: str
+    candidate_f1: float
+    production_f1: float | None
+    difference: float | None
+    interval: tuple[float, float] | None  # 95%, bootstrap over receipts, of candidate minus production F1
+    label_deltas: dict[str, dict]  # label -> candidate, production, delta, support
+    labels_compared: list[str]
+    receipts: int
+    tolerance: float
+    max_label_drop: float
+
+    def metadata(self) -> dict:
+        return {
+            "candidate_f1": self.candidate_f1,
+            "production_f1": self.production_f1,
+            "difference": self.difference,
+            "interval_95": list(self.interval) if self.interval else None,
+            "label_deltas": self.label_deltas,
+            "labels_compared": self.labels_compared,
+            "receipts": self.receipts,
+            "tolerance": self.tolerance,
+            "max_label_drop": self.max_label_drop,
+        }
+
+
+def _f1(counts: np.ndarray) -> np.ndarray:
+    """Micro F1 from [..., correct, predicted, true] sums: 2 correct / (predicted + true)."""
+    denominator = counts[..., 1] + counts[..., 2]
+    return np.where(denominator > 0, 2 * counts[..., 0] / np.maximum(denominator, 1), 0.0)
+
+
+def count_matrix(counts: dict[str, dict[str, list[int]]], keys: list[str], labels: list[str]) -> np.ndarray:
+    """(receipts, labels, 3) array of [correct, predicted, true] entities."""
+    return np.array(
+        [[counts.get(key, {}).get(label, [0, 0, 0]) for label in labels] for key in keys], dtype=np.int64
+    ).reshape(len(keys), len(labels), 3)
+
+
+def paired_interval(
+    candidate: np.ndarray, production: np.ndarray, resamples: int = RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """95% interval of candidate minus production micro F1, resampling receipts (rows of (receipts, 3) counts)
+    with replacement, the same receipts for both: a seeded paired bootstrap."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(candidate), size=(resamples, len(candidate)))
+    differences = _f1(candidate[draws].sum(axis=1)) - _f1(production[draws].sum(axis=1))
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def decide_paired(
+    candidate_counts: dict[str, dict[str, list[int]]],
+    candidate_labels: list[str],
+    production: dict | None,
+    tolerance: float,
+    *,
+    max_label_drop: float = 0.05,
+    allow_label_change: bool = False,
+    resamples: int = RESAMPLES,
+) -> PairedDecision:
+    """Promote when the lower bound of the 95% interval of candidate minus production F1, on the same receipts,
+    is above minus ``tolerance``, and no label with at least MIN_LABEL_SUPPORT true entities drops by more than
+    ``max_label_drop``. ``production`` is None (no model yet) or {"labels", "counts"}: the production model's
+    label list and its counts on the candidate's receipts. Labels both have are compared; a production model
+    with another label set blocks promotion unless ``allow_label_change``."""
+    keys = sorted(candidate_counts)
+    all_labels = sorted(candidate_labels)
+    own = count_matrix(candidate_counts, keys, all_labels).sum(axis=(0, 1))
+    candidate_f1 = float(_f1(own))
+    common = dict(tolerance=tolerance, max_label_drop=max_label_drop, receipts=len(keys))
+    if production is None:
+        return PairedDecision(True, "no production model yet", candidate_f1, None, None, None, {}, all_labels, **common)
+    shared = sorted(set(candidate_labels) & set(production["labels"]))
+    changed = sorted(set(candidate_labels) ^ set(production["labels"]))
+    ours = count_matrix(candidate_counts, keys, shared)
+    theirs = count_matrix(production["counts"], keys, shared)
+    ours_f1, theirs_f1 = float(_f1(ours.sum(axis=(0, 1)))), float(_f1(theirs.sum(axis=(0, 1))))
+    interval = paired_interval(ours.sum(axis=1), theirs.sum(axis=1), resamples) if keys else (0.0, 0.0)
+    deltas = {}
+    for index, label in enumerate(shared):
+        mine, yours = float(_f1(ours[:, index].sum(axis=0))), float(_f1(theirs[:, index].sum(axis=0)))
+        support = int(ours[:, index, 2].sum())
+        deltas[label] = {"candidate": mine, "production": yours, "delta": mine - yours, "support": support}
+    decided = dict(
+        candidate_f1=ours_f1,
+        production_f1=theirs_f1,
+        difference=ours_f1 - theirs_f1,
+        interval=interval,
+        label_deltas=deltas,
+        labels_compared=shared,
+        **common,
+    )
+    scores = (
+        f"on the same {len(keys)} receipts, F1 {ours_f1:.4f} against production's {theirs_f1:.4f} "
+        f"(difference {ours_f1 - theirs_f1:+.4f}, 95% interval {interval[0]:+.4f} to {interval[1]:+.4f})"
+    )
+    if changed and not allow_label_change:
+        reason = (
+            f"the production model's labels differ from the candidate's ({', '.join(changed)} in one only): "
+            f"promotion needs allow_label_change; {scores} on the {len(shared)} labels both have"
+        )
+        return PairedDecision(False, reason, **decided)
+    if interval[0] <= -tolerance:
+        reason = f"not better beyond doubt: {scores}; the lower bound is not above -{tolerance}"
+        return PairedDecision(False, reason, **decided)
+    dropped = {
+        label: d for label, d in deltas.items() if d["support"] >= MIN_LABEL_SUPPORT and d["delta"] < -max_label_drop
+    }
+    if dropped:
+        named = ", ".join(f"{label} {d['delta']:+.3f} (support {d['support']})" for label, d in dropped.items())
+        return PairedDecision(False, f"{scores}, but labels drop more than {max_label_drop}: {named}", **decided)
+    changed_note = f"; labels changed: {', '.join(changed)}" if changed else ""
+    return PairedDecision(True, scores + changed_note, **decided)

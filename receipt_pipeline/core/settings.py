@@ -24,6 +24,7 @@ DEPLOYMENTS = ("local", "prod")
 DEFAULT_RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00 UTC
 DEFAULT_RETRAIN_MIN_NEW_LABELS = 500
 DEFAULT_PROMOTION_TOLERANCE = 0.01
+DEFAULT_PROMOTION_MAX_LABEL_DROP = 0.05
 LOCAL_MAX_TRAIN_MINUTES = 2.5
 PROD_BASE_MODEL = "microsoft/layoutlm-base-uncased"
 
@@ -49,6 +50,8 @@ class Variables(BaseModel):
     RECEIPT_PIPELINE_RETRAIN_CRON: str = DEFAULT_RETRAIN_CRON
     RECEIPT_PIPELINE_RETRAIN_MIN_NEW_LABELS: NonNegativeInt = DEFAULT_RETRAIN_MIN_NEW_LABELS
     RECEIPT_PIPELINE_PROMOTION_TOLERANCE: NonNegativeFloat = DEFAULT_PROMOTION_TOLERANCE
+    RECEIPT_PIPELINE_PROMOTION_MAX_LABEL_DROP: NonNegativeFloat = DEFAULT_PROMOTION_MAX_LABEL_DROP
+    RECEIPT_PIPELINE_ALLOW_LABEL_CHANGE: bool = False
     # where things go on this machine
     RECEIPT_PIPELINE_SCRATCH: str | None = None  # local copies of runs whose folders live in S3
     RECEIPT_PIPELINE_MODEL_CACHE: str | None = None  # base models fetched from S3
@@ -118,6 +121,9 @@ class DeploymentSettings:
     retrain_min_new_labels: int = DEFAULT_RETRAIN_MIN_NEW_LABELS
     # promotion: how much lower than the production model's F1 a new model's may be
     promotion_tolerance: float = DEFAULT_PROMOTION_TOLERANCE
+    # how far one label's F1 (with enough support) may fall, and whether a model with another label set may replace it
+    promotion_max_label_drop: float = DEFAULT_PROMOTION_MAX_LABEL_DROP
+    allow_label_change: bool = False
     # the sweeps' Optuna study: SQLite beside the artifacts locally; the prod Postgres (a URL with its
     # password, so from the environment or a secret, never from config files)
     optuna_storage: str | None = None
@@ -138,6 +144,8 @@ class DeploymentSettings:
             "retrain_cron": cron,
             "retrain_min_new_labels": env.RECEIPT_PIPELINE_RETRAIN_MIN_NEW_LABELS,
             "promotion_tolerance": env.RECEIPT_PIPELINE_PROMOTION_TOLERANCE,
+            "promotion_max_label_drop": env.RECEIPT_PIPELINE_PROMOTION_MAX_LABEL_DROP,
+            "allow_label_change": env.RECEIPT_PIPELINE_ALLOW_LABEL_CHANGE,
         }
         if deployment == "local":
             data_dir = Path(env.RECEIPT_PIPELINE_DATA_DIR).expanduser().resolve()

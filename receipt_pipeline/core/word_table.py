@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Mapping, Sequence
 
@@ -38,6 +39,9 @@ SNAPSHOT_ATTR = "source_snapshot"
 # DataFrame.attrs key for the field values a source states for its receipts (SROIE's entity strings):
 # receipt key -> field -> the string, carried on by the split to the evaluation, which scores against them
 REFERENCE_FIELDS_ATTR = "reference_fields"
+# DataFrame.attrs key for when each receipt was added to its source (the table's RECEIPT timestamp_added):
+# receipt key -> ISO 8601 as stored; the split's `recent` strategy and the report's recent slice read it
+RECEIPT_ADDED_ATTR = "receipt_added"
 
 
 def receipt_key(source: str, image_id: str, receipt_id: int) -> str:
@@ -66,3 +70,13 @@ def content_hash(frame: pd.DataFrame) -> str:
     with pa.ipc.new_stream(sink, SCHEMA) as writer:
         writer.write_table(table.combine_chunks())
     return hashlib.sha256(sink.getvalue()).hexdigest()[:24]
+
+
+def sortable_time(timestamp: str | None) -> float:
+    """Seconds since the epoch of an ISO 8601 time, a time without an offset read as UTC; -inf if unreadable
+    (the table mixes forms: with and without an offset or microseconds)."""
+    try:
+        moment = dt.datetime.fromisoformat(timestamp)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return float("-inf")
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()

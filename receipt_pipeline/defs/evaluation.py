@@ -2,14 +2,15 @@
 
 import hashlib
 import json
+import tempfile
 
 import dagster as dg
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from receipt_pipeline.core import bio, storage
-from receipt_pipeline.core.evaluation import confusion_png, evaluate
+from receipt_pipeline.core import bio, promotion, storage
+from receipt_pipeline.core.evaluation import confusion_png, evaluate, score_on_same_receipts
 from receipt_pipeline.defs.promotion import promotion_decision
 from receipt_pipeline.defs.resources import PipelineSettings
 
@@ -25,6 +26,31 @@ def _checkpoint_reference(checkpoint: dict) -> dict:
 
 def _digest(document: dict) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def evaluation_basis(split_record: dict, windowed_tensors: dict, split: str) -> dict:
+    """What two reports must share to be comparable: the same receipts, labels and windowing."""
+    return {
+        "split": split,
+        "keys_sha256": split_record.get("keys_sha256", {}).get(split, ""),
+        "strategy": split_record.get("strategy", ""),
+        "labels": list(windowed_tensors.get("labels", [])),
+        "window": windowed_tensors.get("window", {}),
+    }
+
+
+def comparability(basis: dict, other: dict | None) -> tuple[bool, str]:
+    """Whether a report on ``basis`` compares with one on ``other``, and if not, why."""
+    if not other:
+        return False, "the production model records no evaluation basis (promoted before bases were recorded)"
+    reasons = []
+    if basis["keys_sha256"] != other.get("keys_sha256"):
+        reasons.append(f"other {basis['split']} receipts ({basis['keys_sha256']} against {other.get('keys_sha256')})")
+    if basis["labels"] != other.get("labels"):
+        reasons.append(f"other labels ({', '.join(sorted(set(basis['labels']) ^ set(other.get('labels', []))))})")
+    if basis["window"] != other.get("window"):
+        reasons.append(f"other windowing ({basis['window']} against {other.get('window')})")
+    return (not reasons), "; ".join(reasons) or "same receipts, labels and windowing"
 
 
 class EvaluationReportConfig(dg.Config):
@@ -61,7 +87,24 @@ def evaluation_report(
         sroie_labels=config.sroie_labels,
     )
     folder = storage.join(settings.artifact_root, "reports", context.run.run_id)
-    document = {**report.to_dict(), "checkpoint": _checkpoint_reference(layoutlm_checkpoint)}
+    basis = evaluation_basis(bio.record_of(bio_receipt_split.schema.metadata), windowed_tensors, config.split)
+    # the champion: the production model scored on these same receipts, for the paired promotion gate
+    current = promotion.current_production(settings.production_model_root)
+    champion = None
+    if current is not None:
+        with tempfile.TemporaryDirectory(prefix="champion-") as scratch:
+            champion = score_on_same_receipts(
+                settings.production_model_root, windowed_tensors, config.split, rows, scratch
+            )
+        champion["version"] = current.get("checkpoint", {}).get("version", "")
+    comparable, why = comparability(basis, current.get("basis") if current else None)
+    document = {
+        **report.to_dict(),
+        "checkpoint": _checkpoint_reference(layoutlm_checkpoint),
+        "basis": basis,
+        "champion": champion,
+        "comparable_with_production": {"comparable": comparable, "reason": why} if current else None,
+    }
     storage.write_bytes(storage.join(folder, "report.md"), report.markdown().encode())
     storage.write_bytes(storage.join(folder, "report.json"), json.dumps(document, indent=2).encode())
     png = confusion_png(report.confusion_labels, np.asarray(report.confusion))
@@ -90,6 +133,17 @@ def evaluation_report(
             "checkpoint_version": layoutlm_checkpoint.get("version", ""),
             "receipts": report.receipts,
             "windows": report.windows,
+            "test_keys_sha256": basis["keys_sha256"],
+            "split_strategy": basis["strategy"],
+            **(
+                {
+                    "production_f1_on_these_receipts": champion["entity_f1"],
+                    "comparable_with_production_report": comparable,
+                    "comparability": why,
+                }
+                if champion
+                else {}
+            ),
         },
     )
 
@@ -98,8 +152,10 @@ def evaluation_report(
     asset="evaluation_report",
     name=CHECK_F1,
     blocking=True,
-    description="The report's entity F1 is not lower than the production model's by more than the deployment's "
-    "tolerance (RECEIPT_PIPELINE_PROMOTION_TOLERANCE); blocks production_model when it is.",
+    description="The candidate against the production model, both scored on the report's test receipts: passes "
+    "when the 95% paired-bootstrap interval of candidate minus production entity F1 has its lower bound above "
+    "-RECEIPT_PIPELINE_PROMOTION_TOLERANCE and no label (support >= 20) drops by more than "
+    "RECEIPT_PIPELINE_PROMOTION_MAX_LABEL_DROP; blocks production_model when it fails.",
 )
 def f1_not_below_production(settings: PipelineSettings, evaluation_report: dict) -> dg.AssetCheckResult:
     decision = promotion_decision(settings, evaluation_report)
@@ -109,6 +165,13 @@ def f1_not_below_production(settings: PipelineSettings, evaluation_report: dict)
         metadata={
             "candidate_f1": decision.candidate_f1,
             "production_f1": decision.production_f1 if decision.production_f1 is not None else float("nan"),
+            "difference": decision.difference if decision.difference is not None else float("nan"),
+            "interval_95_low": decision.interval[0] if decision.interval else float("nan"),
+            "interval_95_high": decision.interval[1] if decision.interval else float("nan"),
+            "receipts_compared": decision.receipts,
+            "labels_compared": dg.MetadataValue.json(decision.labels_compared),
+            "label_deltas": dg.MetadataValue.json(decision.label_deltas),
+            "max_label_drop": decision.max_label_drop,
             "tolerance": decision.tolerance,
             "checkpoint_version": evaluation_report.get("checkpoint", {}).get("version", ""),
         },

@@ -74,7 +74,7 @@ class RawReceiptWordsConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP,
-    code_version="2",
+    code_version="3",
     kinds={"dynamodb", "pandas"},
     deps=[TABLE_KEY],
     description="Every word of every receipt with an accepted label, one row per word, boxes 0..1 with y down.",
@@ -99,6 +99,7 @@ def raw_receipt_words(
         context.log.warning(f"skipped {result.skipped_total} bad items in {result.table}: {dict(result.skipped)}")
     frame = result.frame
     frame.attrs[word_table.SNAPSHOT_ATTR] = snapshot.to_dict(options.table)
+    frame.attrs[word_table.RECEIPT_ADDED_ATTR] = result.receipt_added
     return dg.Output(
         frame,
         data_version=dg.DataVersion(word_table.content_hash(frame)),
@@ -120,6 +121,7 @@ def raw_receipt_words(
             "skipped_items_by_reason": dg.MetadataValue.json(dict(result.skipped)),
             "skipped_item_keys": dg.MetadataValue.json(result.skipped_keys),
             "newest_timestamp_added": result.newest_label_timestamp or "",
+            "receipts_without_timestamp_added": result.receipts - len(result.receipt_added),
             "dagster/row_count": len(frame),
             "dagster/column_schema": _column_schema(),
         },

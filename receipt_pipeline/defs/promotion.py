@@ -8,10 +8,36 @@ from receipt_pipeline.defs.resources import PipelineSettings
 GROUP = "promotion"
 
 
-def promotion_decision(settings: PipelineSettings, report: dict) -> promotion.Decision:
-    """Whether the report's checkpoint may replace the production model."""
+def promotion_decision(settings: PipelineSettings, report: dict) -> promotion.PairedDecision:
+    """Whether the report's checkpoint may replace the production model: both scored on the report's receipts."""
     current = promotion.current_production(settings.production_model_root)
-    return promotion.decide(float(report[promotion.METRIC]), current, settings.promotion_tolerance)
+    champion = report.get("champion")
+    if current is not None:
+        version = current.get("checkpoint", {}).get("version", "")
+        if not champion or champion.get("version") != version:
+            scored = champion.get("version") if champion else None
+            return promotion.PairedDecision(
+                False,
+                f"the report scored production model {scored!r} beside the candidate, but production is now "
+                f"{version!r}: materialise evaluation_report again",
+                float(report[promotion.METRIC]),
+                None,
+                None,
+                None,
+                {},
+                [],
+                report.get("receipts", 0),
+                settings.promotion_tolerance,
+                settings.promotion_max_label_drop,
+            )
+    return promotion.decide_paired(
+        report.get("receipt_counts", {}),
+        report.get("labels", []),
+        champion if current is not None else None,
+        settings.promotion_tolerance,
+        max_label_drop=settings.promotion_max_label_drop,
+        allow_label_change=settings.allow_label_change,
+    )
 
 
 @dg.asset(
@@ -45,6 +71,8 @@ def production_model(
         {
             "checkpoint": evaluation_report["checkpoint"],
             "scores": {name: evaluation_report.get(name) for name in ("entity_f1", "field_f1")},
+            "basis": evaluation_report.get("basis"),
+            "labels": evaluation_report.get("labels", []),
             "report": {"folder": report_folder, "dagster_run_id": evaluation_report.get("dagster_run_id", "")},
             "previous": decision.production_f1,
             "promoted_by_dagster_run_id": context.run.run_id,
@@ -72,8 +100,11 @@ def production_model(
             "report": dg.MetadataValue.path(storage.join(report_folder, "report.md")),
             "entity_f1": float(evaluation_report["entity_f1"]),
             **({"field_f1": float(field_f1)} if (field_f1 := evaluation_report.get("field_f1")) is not None else {}),
-            "previous_production_f1": decision.production_f1 if decision.production_f1 is not None else float("nan"),
+            "previous_production_f1_on_these_receipts": decision.production_f1
+            if decision.production_f1 is not None
+            else float("nan"),
             "tolerance": decision.tolerance,
+            "promotion": dg.MetadataValue.json(decision.metadata()),
             "windowed_tensors_version": checkpoint.get("windowed_tensors_version", ""),
             "bio_receipt_split_version": checkpoint.get("bio_receipt_split_version", ""),
             **(

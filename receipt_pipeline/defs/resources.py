@@ -25,6 +25,8 @@ class PipelineSettings(dg.ConfigurableResource):
     base_model: str = "compact"
     max_train_minutes: float | None = None
     promotion_tolerance: float = 0.01
+    promotion_max_label_drop: float = 0.05
+    allow_label_change: bool = False
     # the sweeps' Optuna study database (an SQLAlchemy URL); None in prod until RECEIPT_PIPELINE_OPTUNA_STORAGE is set
     optuna_storage: str | None = None
 
@@ -44,6 +46,8 @@ class PipelineSettings(dg.ConfigurableResource):
             base_model=settings.base_model,
             max_train_minutes=settings.max_train_minutes,
             promotion_tolerance=settings.promotion_tolerance,
+            promotion_max_label_drop=settings.promotion_max_label_drop,
+            allow_label_change=settings.allow_label_change,
             optuna_storage=settings.optuna_storage,
         )
 

@@ -28,7 +28,13 @@ class BioReceiptSplitConfig(dg.Config):
         default=[word_table.SOURCE_DYNAMO, word_table.SOURCE_SROIE],
         description="Sources to combine: 'dynamo' (raw_receipt_words) and/or 'sroie' (sroie_receipts).",
     )
-    seed: int = Field(default=42, description="Seed of the split hash and of the down-sampling.")
+    strategy: bio.Strategy = Field(
+        default=bio.SplitOptions.strategy,
+        description="random: a hash of each receipt key; merchant: whole merchants held out of train (validation "
+        "and test get their own); recent: the newest table receipts (timestamp_added) to test, then validation. "
+        "SROIE's own test receipts stay in test, and pinned keys override, under every strategy.",
+    )
+    seed: int = Field(default=42, description="Seed of the split hash, the merchant order and the down-sampling.")
     train_share: float = Field(default=0.8, ge=0, le=1)
     validation_share: float = Field(default=0.1, ge=0, le=1)
     test_share: float = Field(default=0.1, ge=0, le=1)
@@ -37,6 +43,12 @@ class BioReceiptSplitConfig(dg.Config):
     )
     pinned_validation_file: str | None = Field(
         default=None, description="A local file or s3:// object of receipt keys, one per line, put in validation."
+    )
+    pinned_test_keys: list[str] = Field(
+        default=[], description="Receipt keys always put in test: a frozen test set that models are compared on."
+    )
+    pinned_test_file: str | None = Field(
+        default=None, description="A local file or s3:// object of receipt keys, one per line, put in test."
     )
     entity_share_target: float = Field(
         default=bio.SplitOptions.entity_share_target,
@@ -60,7 +72,7 @@ def _markdown_label_table(counts: dict[str, dict[str, int]]) -> str:
 
 @dg.asset(
     group_name=GROUP,
-    code_version="1",
+    code_version="2",
     kinds={"pyarrow"},
     description="One row per receipt: words in reading order, 0..1000 boxes, BIO tags, and its split.",
     check_specs=[
@@ -85,26 +97,38 @@ def bio_receipt_split(
         word_table.SOURCE_SROIE: ("sroie_receipts", sroie_receipts),
     }
     words = [_source_words(name, *by_source[name]) for name in config.sources]
-    pinned = set(config.pinned_validation_keys)
-    if config.pinned_validation_file:
-        pinned.update(bio.read_pinned_keys(config.pinned_validation_file))
-    options = bio.SplitOptions(
-        seed=config.seed,
-        shares=(config.train_share, config.validation_share, config.test_share),
-        pinned_validation=frozenset(pinned),
-        entity_share_target=config.entity_share_target,
-        sroie_labels=config.sroie_labels,
-    )
+    pinned = _pinned(config.pinned_validation_keys, config.pinned_validation_file)
+    pinned_test = _pinned(config.pinned_test_keys, config.pinned_test_file)
+    try:
+        options = bio.SplitOptions(
+            strategy=config.strategy,
+            seed=config.seed,
+            shares=(config.train_share, config.validation_share, config.test_share),
+            pinned_validation=pinned,
+            pinned_test=pinned_test,
+            entity_share_target=config.entity_share_target,
+            sroie_labels=config.sroie_labels,
+        )
+    except bio.SplitError as error:
+        raise dg.Failure(str(error)) from None
     result = bio.build_split(words, options)
     if result.pinned_missing:
-        context.log.warning(f"{len(result.pinned_missing)} pinned validation keys match no receipt")
+        context.log.warning(f"{len(result.pinned_missing)} pinned keys match no receipt")
     table = result.table
+    record = result.record
     label_counts = {split: dict(counts) for split, counts in result.label_counts_per_split().items()}
     yield dg.Output(
         table,
         data_version=dg.DataVersion(result.data_version),
         metadata={
+            "strategy": record["strategy"],
             "receipts_per_split": dg.MetadataValue.json(result.receipts_per_split()),
+            "merchants_per_split": dg.MetadataValue.json(record["merchants"]),
+            "test_merchants_seen_in_train": record["test_merchants_seen_in_train"],
+            "test_keys_sha256": record["keys_sha256"]["test"],
+            "receipts_without_added_at": record["receipts_without_added_at"],
+            "recent_since": record["recent_since"] or "",
+            "split_record": dg.MetadataValue.json(record),
             "words_per_split": dg.MetadataValue.json(result.words_per_split()),
             "entities_per_label_and_split": dg.MetadataValue.md(_markdown_label_table(label_counts)),
             "labels": dg.MetadataValue.json(result.labels),
@@ -113,12 +137,17 @@ def bio_receipt_split(
             "dropped_train_lines": result.dropped_train_lines,
             "dropped_train_words": result.dropped_train_words,
             "pinned_validation_keys": len(pinned),
-            "pinned_validation_keys_missing": dg.MetadataValue.json(result.pinned_missing[:20]),
+            "pinned_test_keys": len(pinned_test),
+            "pinned_keys_missing": dg.MetadataValue.json(result.pinned_missing[:20]),
             "content_hash": result.data_version,
             "dagster/row_count": table.num_rows,
         },
     )
     yield from split_checks(table)
+
+
+def _pinned(keys: list[str], uri: str | None) -> frozenset[str]:
+    return frozenset([*keys, *(bio.read_pinned_keys(uri) if uri else [])])
 
 
 def _source_words(source: str, asset: str, artifact: storage.ParquetArtifact) -> pd.DataFrame:

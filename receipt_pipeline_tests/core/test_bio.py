@@ -253,3 +253,104 @@ def test_bad_shares_and_targets_are_refused_clearly():
         bio.SplitOptions(entity_share_target=1.0)
     with pytest.raises(bio.SplitError, match="no words"):
         bio.build_split([word_table.empty_frame()])
+
+
+# ------------------------------------------------------------------------------------------ strategies
+
+
+def _dated_synthetic_frame(receipts: int, seed: int = 3):
+    """The synthetic table's words as the reader gives them, with each receipt's timestamp_added."""
+    partial = assemble(iter_receipt_items(receipts, seed), ReadOptions(table="t"))
+    frame = word_table.to_frame(partial.columns)
+    frame.attrs[word_table.RECEIPT_ADDED_ATTR] = {
+        word_table.receipt_key(word_table.SOURCE_DYNAMO, *key): stamp for key, stamp in partial.receipt_added.items()
+    }
+    return frame, partial
+
+
+def _column(table: pa.Table, name: str) -> dict:
+    return dict(zip(table.column("key").to_pylist(), table.column(name).to_pylist(), strict=True))
+
+
+@pytest.fixture(scope="module")
+def dated_frame():
+    return _dated_synthetic_frame(160)
+
+
+def test_the_reader_dates_every_receipt_it_reads_by_its_receipt_items_timestamp(dated_frame):
+    frame, partial = dated_frame
+    receipts = {tuple(k) for k in frame[["image_id", "receipt_id"]].drop_duplicates().itertuples(index=False)}
+    assert set(partial.receipt_added) == receipts
+    assert all(np.isfinite(word_table.sortable_time(stamp)) for stamp in partial.receipt_added.values())
+
+
+def test_merchants_are_the_receipts_normalised_merchant_name_words():
+    assert bio.normalised_merchant(" Joe's  Diner, Inc. ") == "JOE S DINER INC"
+    assert bio.normalised_merchant("...") == bio.UNKNOWN_MERCHANT
+    frames = [_words("a", ["MERCHANT_NAME", "MERCHANT_NAME", "DATE"]), _words("b", ["DATE"])]
+    merchant = _column(bio.build_split(frames).table, "merchant")
+    assert merchant == {"dynamo/a/00001": "W0 W1", "dynamo/b/00001": bio.UNKNOWN_MERCHANT}
+
+
+def test_the_merchant_strategy_holds_whole_merchants_out_of_train(dated_frame):
+    frame, _ = dated_frame
+    random = bio.build_split([frame], bio.SplitOptions(strategy="random"))
+    assert random.record["test_merchants_seen_in_train"] > 0, "a random split shares merchants across splits"
+    result = bio.build_split([frame], bio.SplitOptions(strategy="merchant"))
+    split, merchant = _column(result.table, "split"), _column(result.table, "merchant")
+    splits_of_merchant: dict[str, set] = {}
+    for key, name in merchant.items():
+        splits_of_merchant.setdefault(name, set()).add(split[key])
+    assert all(len(splits) == 1 for splits in splits_of_merchant.values()), "a merchant in two splits"
+    assert result.record["test_merchants_seen_in_train"] == 0
+    assert result.record["merchants"]["test"] >= 1 and result.record["merchants"]["validation"] >= 1
+    counts = result.receipts_per_split()
+    assert counts["test"] >= 0.1 * len(merchant) and counts["train"] >= 0.6 * len(merchant)
+
+
+def test_the_recent_strategy_tests_on_the_newest_receipts_and_sroie_keeps_its_own(dated_frame):
+    frame, _ = dated_frame
+    sroie = [_words(f"s{i}", ["TOTAL"], source="sroie", source_split="test" if i < 5 else "train") for i in range(30)]
+    result = bio.build_split([frame, *sroie], bio.SplitOptions(strategy="recent"))
+    split, added = _column(result.table, "split"), _column(result.table, "added_at")
+    moments = {
+        name: [word_table.sortable_time(added[k]) for k in split if split[k] == name and added[k]]
+        for name in split.values()
+    }
+    assert min(moments["test"]) >= max(moments["validation"]) >= max(moments["train"])
+    assert len(moments["test"]) == round(0.1 * len(moments["train"] + moments["validation"] + moments["test"]))
+    assert result.record["recent_since"] == min(
+        (added[k] for k in split if split[k] == "test" and added[k]), key=word_table.sortable_time
+    )
+    random = _column(bio.build_split([frame, *sroie]).table, "split")
+    for i in range(30):
+        key = f"sroie/s{i}/00001"
+        assert added[key] is None
+        assert split[key] == ("test" if i < 5 else random[key]), "undated receipts keep their hash split"
+
+
+@pytest.mark.parametrize("strategy", bio.STRATEGIES)
+def test_pinned_test_keys_override_every_strategy_and_the_record_hashes_the_test_keys(dated_frame, strategy):
+    frame, _ = dated_frame
+    keys = sorted(_column(bio.build_split([frame]).table, "split"))
+    pinned = frozenset(keys[:7])
+    options = bio.SplitOptions(strategy=strategy, pinned_test=pinned)
+    result = bio.build_split([frame], options)
+    split = _column(result.table, "split")
+    assert all(split[key] == "test" for key in pinned)
+    test_keys = [key for key, name in split.items() if name == "test"]
+    assert result.record["keys_sha256"]["test"] == bio.keys_digest(test_keys) == bio.keys_digest(test_keys[::-1])
+    assert result.record["strategy"] == strategy and result.record["labels"] == result.labels
+    assert bio.record_of(result.table.schema.metadata) == result.record
+    again = bio.build_split([frame.iloc[::-1]], options)
+    assert again.record["keys_sha256"] == result.record["keys_sha256"], "the same receipts hash the same"
+    other = bio.build_split([frame], bio.SplitOptions(strategy=strategy, pinned_test=pinned, seed=7))
+    if strategy != "recent":  # the newest receipts do not depend on the seed
+        assert other.record["keys_sha256"]["test"] != result.record["keys_sha256"]["test"]
+
+
+def test_a_key_pinned_to_validation_and_test_and_an_unknown_strategy_are_refused():
+    with pytest.raises(bio.SplitError, match="both validation and test"):
+        bio.SplitOptions(pinned_validation=frozenset({"a"}), pinned_test=frozenset({"a", "b"}))
+    with pytest.raises(bio.SplitError, match="strategy must be one of"):
+        bio.SplitOptions(strategy="by-date")  # type: ignore[arg-type]

@@ -46,6 +46,23 @@ def test_the_overall_scores_alone_are_the_reports_overall_scores():
         assert evaluation.overall_entity_scores(truth, guess) == evaluation.entity_scores(truth, guess)["overall"]
 
 
+def test_per_receipt_entity_counts_add_up_to_seqevals_scores_on_any_subset_of_receipts():
+    tags = ["O", "B-DATE", "I-DATE", "B-TOTAL", "I-TOTAL"]
+    rng = np.random.default_rng(4)
+    truth = {f"r{i}": evaluation.repair_bio(rng.choice(tags, 30, p=[0.6, 0.1, 0.1, 0.1, 0.1])) for i in range(40)}
+    predicted = {k: [t if rng.random() < 0.7 else str(rng.choice(tags)) for t in v] for k, v in truth.items()}
+    counts = evaluation.receipt_entity_counts(truth, predicted)
+    for subset in (sorted(truth), sorted(truth)[:7]):
+        report = evaluation.entity_scores({k: truth[k] for k in subset}, {k: predicted[k] for k in subset})
+        for label in ("DATE", "TOTAL"):
+            correct, found, true = np.sum([counts[k].get(label, [0, 0, 0]) for k in subset], axis=0)
+            assert true == report["per_label"][label]["support"]
+            assert correct / found == pytest.approx(report["per_label"][label]["precision"])
+            assert 2 * correct / (found + true) == pytest.approx(report["per_label"][label]["f1"])
+        correct, found, true = np.sum([v for k in subset for v in counts[k].values()], axis=0)
+        assert 2 * correct / (found + true) == pytest.approx(report["overall"]["f1"])
+
+
 def test_fields_are_extracted_as_the_leaderboard_reads_them():
     words = ["ACME", "MART", "NO.1", "JALAN", "X,", "KL", "SUBTOTAL", "9.00", "TOTAL", "9.90", "01/02/2018"]
     tags = ["B-MERCHANT_NAME", "I-MERCHANT_NAME", "B-ADDRESS_LINE", "I-ADDRESS_LINE", "I-ADDRESS_LINE",

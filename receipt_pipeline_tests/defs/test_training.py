@@ -134,36 +134,48 @@ def test_the_first_model_is_promoted_with_links_to_its_run_data_and_report(local
     assert checkpoint_event.tags["dagster/data_version"] == checkpoint["weights_sha256"]
 
 
-def test_a_model_worse_than_production_by_more_than_the_tolerance_is_not_promoted(local_run):
+def test_the_gate_scores_production_on_the_same_receipts_and_refuses_a_label_change(local_run):
     _, settings, instance = local_run
     root = storage.join(settings.artifact_root, "models", "production")
-    manifest_uri = storage.join(root, "production.json")
-    promoted = storage.read_bytes(manifest_uri)
-    manifest = json.loads(promoted)
+    manifest_uri, label_map_uri = storage.join(root, "production.json"), storage.join(root, "label_map.json")
+    promoted, label_map = storage.read_bytes(manifest_uri), storage.read_bytes(label_map_uri)
+
+    def gate():
+        result = dg.materialize(
+            WITH_PROMOTION,
+            resources=resources_for(settings),
+            instance=instance,
+            selection=["evaluation_report", "production_model"],
+            raise_on_error=False,
+        )
+        [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == evaluation.CHECK_F1]
+        return check, result.asset_materializations_for_node("production_model"), _metadata(result, "evaluation_report")
+
     try:
-        # production as if it scored more than the tolerance above this model, then less than it above
-        report_f1 = manifest["scores"]["entity_f1"]
-        tolerance = settings.promotion_tolerance
-        for lead, promoted_again in ((tolerance + 0.05, False), (tolerance / 2, True)):
-            manifest["scores"]["entity_f1"] = report_f1 + lead
-            storage.write_bytes(manifest_uri, json.dumps(manifest).encode())
-            result = dg.materialize(
-                WITH_PROMOTION,
-                resources=resources_for(settings),
-                instance=instance,
-                selection=["evaluation_report", "production_model"],
-                raise_on_error=False,
-            )
-            [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == evaluation.CHECK_F1]
-            assert check.passed is promoted_again, check.description
-            promoted_events = result.asset_materializations_for_node("production_model")
-            assert bool(promoted_events) is promoted_again
-            if not promoted_again:
-                assert "below the production model's" in check.description
-                kept = json.loads(storage.read_bytes(manifest_uri))
-                assert kept["scores"]["entity_f1"] == report_f1 + lead, "the production model was left alone"
+        # production as if it had scored far above this model on other receipts: the old gate refused on that
+        manifest = json.loads(promoted)
+        manifest["scores"]["entity_f1"] = 1.0
+        storage.write_bytes(manifest_uri, json.dumps(manifest).encode())
+        check, promoted_events, report = gate()
+        # the same model on the same receipts: no difference, whatever it recorded
+        assert check.passed, check.description
+        assert check.metadata["difference"].value == 0.0
+        assert check.metadata["interval_95_low"].value == check.metadata["interval_95_high"].value == 0.0
+        assert check.metadata["receipts_compared"].value == report["receipts"]
+        assert report["production_f1_on_these_receipts"] == report["entity_f1"]
+        assert report["comparable_with_production_report"] is True, report["comparability"]
+        assert len(promoted_events) == 1
+
+        # a production model that knows another label
+        changed = json.loads(label_map)
+        changed["labels"] = [*changed["labels"], "EXTRA_LABEL"]
+        storage.write_bytes(label_map_uri, json.dumps(changed).encode())
+        check, promoted_events, _ = gate()
+        assert not check.passed and "allow_label_change" in check.description and "EXTRA_LABEL" in check.description
+        assert not promoted_events, "the production model was left alone"
     finally:
         storage.write_bytes(manifest_uri, promoted)
+        storage.write_bytes(label_map_uri, label_map)
 
 
 def test_production_model_refuses_a_report_of_another_checkpoint(local_run):

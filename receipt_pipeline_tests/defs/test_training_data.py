@@ -6,7 +6,7 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from receipt_pipeline.core import bio, storage
+from receipt_pipeline.core import bio, storage, word_table
 from receipt_pipeline.core.batching import padding_efficiency
 from receipt_pipeline.core.windows import WindowSet, merge_word_predictions
 from receipt_pipeline.definitions import build_definitions
@@ -166,7 +166,7 @@ def test_pinned_validation_keys_from_a_file_override_the_hash(materialised, tmp_
     again = _rematerialise_split(settings, instance, {"pinned_validation_file": str(pinned)})
     metadata = _metadata(again, "bio_receipt_split")
     assert metadata["pinned_validation_keys"] == 4
-    assert metadata["pinned_validation_keys_missing"] == ["not/a/receipt"]
+    assert metadata["pinned_keys_missing"] == ["not/a/receipt"]
     table = build_definitions(settings).load_asset_value("bio_receipt_split")
     split_of = dict(zip(table.column("key").to_pylist(), table.column("split").to_pylist(), strict=True))
     assert all(split_of[key] == "validation" for key in train_keys)
@@ -180,3 +180,33 @@ def test_sroie_alone_is_a_valid_training_set(materialised):
     assert metadata["labels"] == ["ADDRESS_LINE", "DATE", "GRAND_TOTAL", "MERCHANT_NAME"]
     table = build_definitions(settings).load_asset_value("bio_receipt_split")
     assert {key.split("/")[0] for key in table.column("key").to_pylist()} == {"sroie"}
+
+
+@pytest.mark.parametrize("strategy", ["merchant", "recent"])
+def test_a_strategy_and_pinned_test_keys_from_a_file_are_recorded_with_the_split(materialised, tmp_path, strategy):
+    _, settings, instance = materialised
+    words = build_definitions(settings).load_asset_value("raw_receipt_words")
+    receipts = words[["image_id", "receipt_id"]].drop_duplicates().itertuples(index=False)
+    dynamo = sorted(word_table.receipt_key(word_table.SOURCE_DYNAMO, *receipt) for receipt in receipts)
+    pinned = tmp_path / "test-keys.txt"
+    pinned.write_text("\n".join(dynamo[:4]) + "\n")
+    again = _rematerialise_split(settings, instance, {"strategy": strategy, "pinned_test_file": str(pinned)})
+    metadata = _metadata(again, "bio_receipt_split")
+    assert metadata["strategy"] == strategy and metadata["pinned_test_keys"] == 4
+    table = build_definitions(settings).load_asset_value("bio_receipt_split")
+    split_of = dict(zip(table.column("key").to_pylist(), table.column("split").to_pylist(), strict=True))
+    assert all(split_of[key] == "test" for key in dynamo[:4])
+    record = bio.record_of(table.schema.metadata)
+    assert record == metadata["split_record"] and record["strategy"] == strategy
+    assert metadata["test_keys_sha256"] == bio.keys_digest(k for k, s in split_of.items() if s == "test")
+    assert metadata["receipts_without_added_at"] == sum(k.startswith("sroie/") for k in split_of), (
+        "the table's are dated"
+    )
+    if strategy == "merchant":
+        # pinned receipts aside, no test merchant is a train merchant
+        merchant = dict(zip(table.column("key").to_pylist(), table.column("merchant").to_pylist(), strict=True))
+        train = {merchant[k] for k, s in split_of.items() if s == "train"}
+        held_out = {
+            merchant[k] for k, s in split_of.items() if s == "test" and k not in dynamo[:4] and k.startswith("dynamo/")
+        }
+        assert not (train & held_out - {bio.UNKNOWN_MERCHANT})
