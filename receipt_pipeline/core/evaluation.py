@@ -303,12 +303,20 @@ def load_classifier(checkpoint: str):
 
 def predict(model, windows: WindowSet, pad_token_id: int, batch_size: int = 32) -> list[np.ndarray]:
     """The predicted tag id of every token of every window, longest windows first to pad little."""
+    return predict_with_confidence(model, windows, pad_token_id, batch_size)[0]
+
+
+def predict_with_confidence(
+    model, windows: WindowSet, pad_token_id: int, batch_size: int = 32
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """:func:`predict`, with the softmax probability of each predicted tag beside it."""
     import torch
 
     device = next(model.parameters()).device
     collate = WindowCollator(pad_token_id)
     order = np.argsort(-windows.lengths, kind="stable")
     predictions: list[np.ndarray | None] = [None] * len(windows)
+    confidences: list[np.ndarray | None] = [None] * len(windows)
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
@@ -316,10 +324,22 @@ def predict(model, windows: WindowSet, pad_token_id: int, batch_size: int = 32) 
             batch = collate([windows[int(i)] for i in chosen])
             batch.pop("labels")
             logits = model(**{name: tensor.to(device) for name, tensor in batch.items()}).logits
-            ids = logits.argmax(dim=-1).cpu().numpy()
+            probabilities, ids = logits.float().softmax(dim=-1).max(dim=-1)
+            ids, probabilities = ids.cpu().numpy(), probabilities.cpu().numpy()
             for row, index in enumerate(chosen):
                 predictions[int(index)] = ids[row, : windows.lengths[int(index)]]
-    return predictions  # type: ignore[return-value]
+                confidences[int(index)] = probabilities[row, : windows.lengths[int(index)]]
+    return predictions, confidences  # type: ignore[return-value]
+
+
+def word_confidences(windows: WindowSet, confidences: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per receipt word, the confidence of the prediction :func:`merge_word_predictions` keeps for it (NaN
+    where no window holds the word): the same token is chosen, read through its position among all tokens."""
+    starts = np.r_[0, np.cumsum([len(c) for c in confidences])]
+    positions = [np.arange(start, start + len(c)) for start, c in zip(starts, confidences, strict=False)]
+    flat = np.concatenate([np.asarray(c, dtype=np.float64) for c in confidences]) if confidences else np.zeros(0)
+    merged = merge_word_predictions(windows, positions)
+    return {key: np.where(index >= 0, flat[np.maximum(index, 0)], np.nan) for key, index in merged.items()}
 
 
 @dataclass
@@ -335,6 +355,10 @@ class Report:
     labels: list[str] = dataclasses.field(default_factory=list)
     # receipt key -> label -> [correct, predicted, true] entities: what a paired comparison resamples
     receipt_counts: dict = dataclasses.field(default_factory=dict)
+    # slice name -> receipts, support and scores (see slice_groups)
+    slices: dict = dataclasses.field(default_factory=dict)
+    # per-receipt rows and token errors (receipt_details): written beside the report, never in its JSON
+    details: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def headline(self) -> dict[str, float]:
         figures = {
@@ -351,7 +375,9 @@ class Report:
         return figures
 
     def to_dict(self) -> dict:
-        return {**asdict(self), **self.headline()}
+        document = {**asdict(dataclasses.replace(self, details={})), **self.headline()}
+        document.pop("details")
+        return document
 
     def markdown(self) -> str:
         lines = [
@@ -368,6 +394,18 @@ class Report:
             f"| {name} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
             for name, v in rows
         ]
+        if self.slices:
+            lines += [
+                "",
+                "Slices (entity level; a merchant is seen when train holds it, a receipt recent when added on or "
+                "after the split's `recent_since`):",
+                "",
+                "| slice | receipts | entities | precision | recall | F1 |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+            lines += [
+                f"| {name} | {v['receipts']} | {v['support']} | {_scores_row(v)} |" for name, v in self.slices.items()
+            ]
         if self.fields:
             errors = self.fields.get("errors") or {}
             lines += [
@@ -411,19 +449,25 @@ def evaluate(
     sroie_labels: Mapping[str, str] | None = None,
     model=None,
     pad_token_id: int = 0,
+    receipts: Mapping[str, Mapping] | None = None,
+    train_merchants: set[str] | None = None,
+    recent_since: str | None = None,
 ) -> Report:
     """Score a checkpoint on one split of the windows.
 
     ``words`` (receipt key -> words) and ``references`` (receipt key -> SROIE field -> string: the split's
     ``reference_fields``) enable field-level scoring of the receipts that have references; ``sroie_labels``
-    maps SROIE's field labels (COMPANY, ...) to the label names the model was trained with.
+    maps SROIE's field labels (COMPANY, ...) to the label names the model was trained with. ``receipts``
+    (key -> source, merchant, added_at: the split's columns), ``train_merchants`` and ``recent_since`` (the
+    split record's) give the slices, and with ``words`` the per-receipt table and the token errors.
     """
     windows = WindowSet(manifest, split)
     model = model or load_classifier(checkpoint)
     model_tags = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if model_tags != windows.tags:
         raise ValueError(f"checkpoint {checkpoint} predicts {model_tags}, the windows are tagged {windows.tags}")
-    predicted = receipt_tags(windows, predict(model, windows, pad_token_id))
+    ids, confidences = predict_with_confidence(model, windows, pad_token_id)
+    predicted = receipt_tags(windows, ids)
     truth = true_receipt_tags(windows)
     names, matrix = confusion_matrix(truth, predicted, windows.label_names)
     fields = None
@@ -436,7 +480,8 @@ def evaluate(
             fields = field_scores(scored, guesses)
             fields["errors"] = field_errors(scored, guesses, oracle)
             fields["from_true_tags"] = field_scores(scored, oracle)["overall"]
-    return Report(
+    counts = receipt_entity_counts(truth, predicted)
+    report = Report(
         checkpoint=checkpoint,
         split=split,
         receipts=len(truth),
@@ -446,8 +491,28 @@ def evaluate(
         confusion_labels=names,
         confusion=matrix.tolist(),
         labels=list(windows.label_names),
-        receipt_counts=receipt_entity_counts(truth, predicted),
+        receipt_counts=counts,
     )
+    if receipts is not None:
+        groups = slice_groups(receipts, set(truth), train_merchants or set(), recent_since)
+        report.slices = slice_scores(counts, groups)
+        if words is not None:
+            field_labels = {
+                name.lower(): label for name, label in (sroie_labels or {}).items() if label in windows.label_names
+            }
+            report.details = receipt_details(
+                truth,
+                predicted,
+                word_confidences(windows, confidences),
+                words,
+                receipts,
+                counts,
+                field_labels,
+                references or {},
+                train_merchants or set(),
+                recent_since,
+            )
+    return report
 
 
 class ModelFolderError(ExplainedError, ValueError):
@@ -605,3 +670,182 @@ def score_on_same_receipts(model_dir: str, manifest: dict, split: str, rows, wor
         "counts": receipt_entity_counts(truth, predicted),
         "entity_f1": overall_entity_scores(truth, predicted)["f1"],
     }
+
+
+# ------------------------------------------------------------------------------------------ slices
+
+
+def slice_groups(
+    receipts: Mapping[str, Mapping], keys: set[str], train_merchants: set[str], recent_since: str | None
+) -> dict[str, list[str]]:
+    """Receipt keys per slice: by source, seen or unseen merchant (``unknown`` apart), recent or older."""
+    from receipt_pipeline.core.bio import UNKNOWN_MERCHANT
+    from receipt_pipeline.core.word_table import sortable_time
+
+    groups: dict[str, list[str]] = {}
+    since = sortable_time(recent_since) if recent_since else None
+    for key in sorted(keys):
+        info = receipts.get(key, {})
+        names = [f"source: {info.get('source', key.split('/')[0])}"]
+        merchant = info.get("merchant") or UNKNOWN_MERCHANT
+        if merchant == UNKNOWN_MERCHANT:
+            names.append("merchant: unknown")
+        else:
+            names.append("merchant: seen in train" if merchant in train_merchants else "merchant: unseen")
+        added = info.get("added_at")
+        if added and since is not None:
+            names.append("added: recent" if sortable_time(added) >= since else "added: older")
+        for name in names:
+            groups.setdefault(name, []).append(key)
+    return dict(sorted(groups.items()))
+
+
+def slice_scores(counts: Mapping[str, Mapping[str, list[int]]], groups: Mapping[str, list[str]]) -> dict:
+    """Micro entity scores per slice from the per-receipt counts (seqeval's, summed), with their support."""
+    scores = {}
+    for name, keys in groups.items():
+        totals = np.zeros(3, dtype=np.int64)
+        for key in keys:
+            for row in counts.get(key, {}).values():
+                totals += row
+        correct, found, true = (int(v) for v in totals)
+        scores[name] = {
+            "receipts": len(keys),
+            "support": true,
+            "precision": correct / found if found else 0.0,
+            "recall": correct / true if true else 0.0,
+            "f1": 2 * correct / (found + true) if found + true else 0.0,
+        }
+    return scores
+
+
+def receipt_details(
+    truth: Mapping[str, list[str]],
+    predicted: Mapping[str, list[str]],
+    confidence: Mapping[str, np.ndarray],
+    words: Mapping[str, Sequence[str]],
+    receipts: Mapping[str, Mapping],
+    counts: Mapping[str, Mapping[str, list[int]]],
+    field_labels: Mapping[str, str],
+    references: Mapping[str, Mapping[str, str]],
+    train_merchants: set[str],
+    recent_since: str | None,
+) -> dict:
+    """One row per receipt (its entity scores, word errors and field values predicted against expected, the
+    source's stated values where it has them, else the true tags' extraction), and one row per wrong word
+    with the model's confidence; the entity false positives most confidently wrong first are the review queue."""
+    from receipt_pipeline.core.word_table import sortable_time
+
+    since = sortable_time(recent_since) if recent_since else None
+    rows, errors = [], []
+    for key in sorted(truth):
+        reference, guess = truth[key], predicted.get(key, [OUTSIDE] * len(truth[key]))
+        sure = confidence.get(key, np.full(len(reference), np.nan))
+        info = receipts.get(key, {})
+        correct, found, true = np.sum(list(counts.get(key, {}).values()) or [[0, 0, 0]], axis=0).tolist()
+        wrong = [i for i, (t, p) in enumerate(zip(reference, guess, strict=True)) if t != p]
+        added = info.get("added_at")
+        row = {
+            "key": key,
+            "source": info.get("source", key.split("/")[0]),
+            "merchant": info.get("merchant"),
+            "merchant_seen_in_train": info.get("merchant") in train_merchants,
+            "added_at": added,
+            "recent": bool(added and since is not None and sortable_time(added) >= since),
+            "words": len(reference),
+            "entities_true": true,
+            "entities_predicted": found,
+            "entities_correct": correct,
+            "entity_f1": 2 * correct / (found + true) if found + true else 1.0,
+            "word_errors": len(wrong),
+            "mean_confidence": float(np.nanmean(sure)) if len(sure) and not np.isnan(sure).all() else None,
+        }
+        receipt_words = words.get(key, [])
+        if field_labels and len(receipt_words) == len(reference):
+            got = extract_fields(receipt_words, guess, field_labels)
+            expected = references.get(key) or extract_fields(receipt_words, reference, field_labels)
+            for name in field_labels:
+                value, want = got.get(name, ""), expected.get(name, "")
+                row[f"{name}_predicted"], row[f"{name}_expected"] = value, want
+                row[f"{name}_correct"] = bool(want) and comparable(name, value) == comparable(name, want)
+        rows.append(row)
+        for i in wrong:
+            errors.append(
+                {
+                    "key": key,
+                    "word_index": i,
+                    "word": receipt_words[i] if i < len(receipt_words) else None,
+                    "true": reference[i],
+                    "predicted": guess[i],
+                    "confidence": None if np.isnan(sure[i]) else float(sure[i]),
+                }
+            )
+    queue = sorted(
+        (e for e in errors if e["predicted"] != OUTSIDE and e["predicted"][2:] != e["true"][2:]),
+        key=lambda e: -(e["confidence"] or 0.0),
+    )
+    return {"receipts": rows, "token_errors": errors, "review_queue": queue}
+
+
+def per_label_f1_png(per_label: Mapping[str, Mapping]) -> bytes:
+    """Per-label entity F1 as horizontal bars, with each label's support."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(per_label)
+    figure, axes = plt.subplots(figsize=(6.0, max(2.0, 0.35 * len(names) + 1)))
+    axes.barh(names, [per_label[n]["f1"] for n in names], color="#3b75af")
+    for row, name in enumerate(names):
+        axes.text(1.01, row, f"n={per_label[name]['support']}", va="center", fontsize=7)
+    axes.set_xlim(0, 1.15)
+    axes.invert_yaxis()
+    axes.set_xlabel("entity F1 (strict IOB2)")
+    axes.tick_params(axis="y", labelsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def embedded_png(title: str, png: bytes) -> str:
+    """Markdown that shows a PNG inline, as the Dagster UI renders Markdown metadata: a data URI."""
+    import base64
+
+    return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def write_details(folder: str, details: dict) -> dict[str, str]:
+    """The per-receipt table (parquet and CSV), the token errors (JSONL) and the review queue (CSV): name -> uri."""
+    import json
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from receipt_pipeline.core import storage
+
+    if not details:
+        return {}
+    receipts = pd.DataFrame(details["receipts"])
+    queue = pd.DataFrame(
+        details["review_queue"], columns=["key", "word_index", "word", "true", "predicted", "confidence"]
+    )
+    files = {
+        "receipts_table": storage.join(folder, "receipts.parquet"),
+        "receipts_csv": storage.join(folder, "receipts.csv"),
+        "token_errors": storage.join(folder, "token_errors.jsonl"),
+        "review_queue": storage.join(folder, "review_queue.csv"),
+    }
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(receipts, preserve_index=False), buffer)
+    storage.write_bytes(files["receipts_table"], buffer.getvalue().to_pybytes())
+    storage.write_bytes(files["receipts_csv"], receipts.to_csv(index=False).encode())
+    lines = "".join(json.dumps(error) + "\n" for error in details["token_errors"])
+    storage.write_bytes(files["token_errors"], lines.encode())
+    storage.write_bytes(files["review_queue"], queue.to_csv(index=False).encode())
+    return files

@@ -10,7 +10,14 @@ import pyarrow as pa
 from pydantic import Field
 
 from receipt_pipeline.core import bio, promotion, storage
-from receipt_pipeline.core.evaluation import confusion_png, evaluate, score_on_same_receipts
+from receipt_pipeline.core.evaluation import (
+    confusion_png,
+    embedded_png,
+    evaluate,
+    per_label_f1_png,
+    score_on_same_receipts,
+    write_details,
+)
 from receipt_pipeline.defs.promotion import promotion_decision
 from receipt_pipeline.defs.resources import PipelineSettings
 
@@ -62,10 +69,11 @@ class EvaluationReportConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP,
-    code_version="2",
+    code_version="3",
     kinds={"seqeval"},
     description="Entity-level (seqeval strict IOB2) and SROIE field-level scores of the checkpoint on the "
-    "test windows, with a confusion matrix; Markdown, JSON and PNG.",
+    "test windows, with slices (source, seen or unseen merchant, recent or older), a per-receipt table, token "
+    "errors, a review queue, and the production model scored on the same receipts; Markdown, JSON, PNG, parquet.",
 )
 def evaluation_report(
     context: dg.AssetExecutionContext,
@@ -77,6 +85,9 @@ def evaluation_report(
 ) -> dg.Output[dict]:
     rows = bio_receipt_split.filter(pa.compute.equal(bio_receipt_split.column("split"), config.split))
     words = dict(zip(rows.column("key").to_pylist(), rows.column("words").to_pylist(), strict=True))
+    record = bio.record_of(bio_receipt_split.schema.metadata)
+    train = bio_receipt_split.filter(pa.compute.equal(bio_receipt_split.column("split"), "train"))
+    receipts = {row["key"]: row for row in rows.select(["key", "source", "merchant", "added_at"]).to_pylist()}
     report = evaluate(
         layoutlm_checkpoint["path"],
         windowed_tensors,
@@ -85,9 +96,12 @@ def evaluation_report(
         # the field strings came with the receipts, through sroie_receipts and the split: the lineage's own
         references=bio.reference_fields(rows),
         sroie_labels=config.sroie_labels,
+        receipts=receipts,
+        train_merchants=set(train.column("merchant").to_pylist()) - {bio.UNKNOWN_MERCHANT},
+        recent_since=record.get("recent_since"),
     )
     folder = storage.join(settings.artifact_root, "reports", context.run.run_id)
-    basis = evaluation_basis(bio.record_of(bio_receipt_split.schema.metadata), windowed_tensors, config.split)
+    basis = evaluation_basis(record, windowed_tensors, config.split)
     # the champion: the production model scored on these same receipts, for the paired promotion gate
     current = promotion.current_production(settings.production_model_root)
     champion = None
@@ -109,6 +123,9 @@ def evaluation_report(
     storage.write_bytes(storage.join(folder, "report.json"), json.dumps(document, indent=2).encode())
     png = confusion_png(report.confusion_labels, np.asarray(report.confusion))
     storage.write_bytes(storage.join(folder, "confusion.png"), png)
+    bars = per_label_f1_png(report.entity["per_label"])
+    storage.write_bytes(storage.join(folder, "per_label_f1.png"), bars)
+    detail_files = write_details(folder, report.details)
 
     headline = report.headline()
     previous = context.instance.get_latest_materialization_event(context.asset_key)
@@ -125,7 +142,17 @@ def evaluation_report(
         metadata={
             **headline,
             **change,
-            "report": dg.MetadataValue.md(report.markdown()),
+            # the pictures inline, so the UI shows them where the report is read
+            "report": dg.MetadataValue.md(
+                report.markdown()
+                + "\n"
+                + embedded_png("per-label F1", bars)
+                + "\n\n"
+                + embedded_png("confusion matrix", png)
+                + "\n"
+            ),
+            **{name: dg.MetadataValue.path(uri) for name, uri in detail_files.items()},
+            "slices": dg.MetadataValue.json(report.slices),
             "report_folder": dg.MetadataValue.path(folder),
             "confusion_matrix": dg.MetadataValue.path(storage.join(folder, "confusion.png")),
             "checkpoint": dg.MetadataValue.path(layoutlm_checkpoint["path"]),

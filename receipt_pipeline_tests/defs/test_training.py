@@ -200,6 +200,34 @@ def test_the_report_has_entity_and_field_scores_a_markdown_a_json_and_a_png(loca
     assert document["entity_f1"] == report["entity_f1"] and document["fields"]["receipts"] > 0
     assert storage.read_bytes(storage.join(folder, "confusion.png"))[:4] == b"\x89PNG"
     assert report["checkpoint"] == _metadata(result, "layoutlm_checkpoint")["path"]
+    # the pictures are inside the Markdown the UI shows, not only paths
+    assert report["report"].count("](data:image/png;base64,") == 2
+
+
+def test_the_report_has_slices_a_per_receipt_table_token_errors_and_a_review_queue(local_run):
+    import pandas as pd
+
+    result, _, _ = local_run
+    report = _metadata(result, "evaluation_report")
+    slices = report["slices"]
+    assert {"source: dynamo", "source: sroie"} <= set(slices)
+    dated = sum(v["receipts"] for k, v in slices.items() if k.startswith("added: "))
+    assert dated == slices["source: dynamo"]["receipts"], "every table receipt is recent or older, SROIE's neither"
+    assert sum(v["receipts"] for k, v in slices.items() if k.startswith("source: ")) == report["receipts"]
+    assert sum(v["receipts"] for k, v in slices.items() if k.startswith("merchant: ")) == report["receipts"]
+    receipts = pd.read_parquet(report["receipts_table"])
+    assert len(receipts) == report["receipts"] and receipts["key"].is_unique
+    assert pd.read_csv(report["receipts_csv"])["key"].tolist() == receipts["key"].tolist()
+    assert {"entity_f1", "word_errors", "merchant_seen_in_train", "total_predicted", "total_expected"} <= set(receipts)
+    errors = [json.loads(line) for line in storage.read_bytes(report["token_errors"]).decode().splitlines()]
+    assert len(errors) == receipts["word_errors"].sum()
+    assert all(e["true"] != e["predicted"] and 0 <= e["confidence"] <= 1 for e in errors)
+    queue = pd.read_csv(report["review_queue"])
+    assert (queue["predicted"] != "O").all() and queue["confidence"].is_monotonic_decreasing
+    # the slices' F1 is the receipts' counts summed
+    dynamo = receipts[receipts["source"] == "dynamo"]
+    correct, found, true = dynamo[["entities_correct", "entities_predicted", "entities_true"]].sum()
+    assert slices["source: dynamo"]["f1"] == pytest.approx(2 * correct / (found + true) if found + true else 0.0)
 
 
 def test_a_second_report_on_the_same_checkpoint_shows_no_f1_change(local_run):
