@@ -99,6 +99,21 @@ def tag_weights(labels: np.ndarray, tags: Sequence[str], power: float, cap: floa
     return np.clip(ratio**power, 1.0, cap).astype(np.float32)
 
 
+def with_label_weights(
+    weights: np.ndarray | None, tags: Sequence[str], label_weights: dict[str, float] | None
+) -> np.ndarray | None:
+    """``weights`` (:func:`tag_weights`; None: every tag 1) with each label of ``label_weights`` weighing what
+    it says, on its B- and I- tags alike; the other tags keep theirs. None where both are unset."""
+    if not label_weights:
+        return weights
+    chosen = np.ones(len(tags), dtype=np.float32) if weights is None else np.array(weights, dtype=np.float32)
+    for i, tag in enumerate(tags):
+        label = tag.split("-", 1)[-1] if tag != OUTSIDE else None
+        if label in label_weights:
+            chosen[i] = label_weights[label]
+    return chosen
+
+
 class LengthBucketSampler:
     """An epoch's windows sorted by length (ties broken at random) and cut into batches of similar length,
     the batches in a random order, but for two: the batch of the longest windows comes first, so that an

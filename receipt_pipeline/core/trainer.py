@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,7 @@ def training_argument_values(options: TrainingOptions, run_dir: Path, cuda: bool
         logging_strategy="steps",
         logging_steps=1 if options.max_steps and 0 < options.max_steps <= 50 else 10,
         load_best_model_at_end=True,
-        metric_for_best_model="f1",
+        metric_for_best_model=SELECTION,
         greater_is_better=True,
         save_total_limit=2,
         bf16=bf16,
@@ -71,6 +71,10 @@ def training_argument_values(options: TrainingOptions, run_dir: Path, cuda: bool
         disable_tqdm=False,
     )
 
+
+# The metric that selects (the O offset, the checkpoint kept, when to stop): the overall entity F1 or a label
+# group's macro F1, as TrainingOptions.selection_metric says; eval_selection in the Trainer's log
+SELECTION = "selection"
 
 # Offsets added to the O logit, among which each evaluation picks the one with the best validation F1: a
 # model stopped early, or trained on few entities, ranks entity tags below O where they still win on ranking
@@ -99,48 +103,99 @@ def outside_margins(tags: list[str], correction: np.ndarray | None = None) -> Ca
     return preprocess
 
 
-def entity_f1_metrics(validation_set: WindowSet) -> Callable:
-    """``compute_metrics``: seqeval entity scores of the validation windows, merged back to receipts, under
-    the O offset (of :data:`OUTSIDE_OFFSETS`) that scores best; ``argmax_f1`` is the F1 with no offset.
+def macro_entity_f1(
+    truth: Mapping[str, list[str]],
+    predicted: Mapping[str, list[str]],
+    labels: Sequence[str],
+    truth_entities=None,
+) -> float:
+    """The mean of seqeval's strict IOB2 entity F1 of each of ``labels``, per receipt as
+    :func:`~receipt_pipeline.core.evaluation.entity_scores` scores them, over the labels seqeval scores (those
+    with a true or a predicted entity in these receipts: a label predicted where none is true scores 0); 0.0
+    where none of them has. ``truth_entities``: seqeval's ``Entities`` of the truth in sorted receipt order,
+    to read once for many predictions. One pass of per-label counts, not seqeval's slower report."""
+    from seqeval.metrics.v1 import precision_recall_fscore_support
+    from seqeval.scheme import IOB2, Entities
 
-    The model kept is the one these scores describe: training adds the chosen offset to the O bias of the
-    best checkpoint's classifier."""
+    keys = sorted(truth)
+    y_true = [truth[key] for key in keys]
+    y_pred = [predicted.get(key, [OUTSIDE] * len(truth[key])) for key in keys]
+    entities_true = truth_entities if truth_entities is not None else Entities(y_true, IOB2)
+    entities_pred = Entities(y_pred, IOB2)
+    names = sorted(entities_true.unique_tags | entities_pred.unique_tags)
+    _, _, f1, _ = precision_recall_fscore_support(
+        y_true,
+        y_pred,
+        average=None,
+        scheme=IOB2,
+        zero_division=0,
+        entities_true=entities_true,
+        entities_pred=entities_pred,
+    )
+    wanted = set(labels)
+    scored = [float(score) for name, score in zip(names, f1, strict=True) if name in wanted]
+    return sum(scored) / len(scored) if scored else 0.0
+
+
+def entity_f1_metrics(validation_set: WindowSet, selection_labels: Sequence[str] | None = None) -> Callable:
+    """``compute_metrics``: seqeval entity scores of the validation windows, merged back to receipts, under
+    the O offset (of :data:`OUTSIDE_OFFSETS`) that selects best; ``argmax_f1`` is the F1 with no offset.
+
+    ``selection`` is what selects: the overall entity F1, or with ``selection_labels`` the macro F1 of those
+    labels (:func:`macro_entity_f1`). ``precision``, ``recall`` and ``f1`` are the overall scores under the
+    offset it chose. The model kept is the one these scores describe: training adds the chosen offset to the
+    O bias of the best checkpoint's classifier."""
     outside = validation_set.tags.index(OUTSIDE)
     truth = true_receipt_tags(validation_set)
+    truth_entities = None
+    if selection_labels is not None:
+        from seqeval.scheme import IOB2, Entities
+
+        truth_entities = Entities([truth[key] for key in sorted(truth)], IOB2)
 
     def scores(margins: np.ndarray, offset: float) -> dict:
         windows = [
             np.where(margins[i, :n, 0] + offset >= 0, outside, margins[i, :n, 1]).astype(np.int64)
             for i, n in enumerate(validation_set.lengths)
         ]
-        return overall_entity_scores(truth, receipt_tags(validation_set, windows))
+        predicted = receipt_tags(validation_set, windows)
+        overall = overall_entity_scores(truth, predicted)
+        if selection_labels is None:
+            return {**overall, SELECTION: overall["f1"]}
+        return {**overall, SELECTION: macro_entity_f1(truth, predicted, selection_labels, truth_entities)}
 
     def compute_metrics(prediction) -> dict:
         margins = prediction.predictions
         by_offset = {offset: scores(margins, offset) for offset in OUTSIDE_OFFSETS}
         # the smallest offset among equal scores: an offset must earn its place
-        offset = max(OUTSIDE_OFFSETS, key=lambda o: (by_offset[o]["f1"], -abs(o)))
+        offset = max(OUTSIDE_OFFSETS, key=lambda o: (by_offset[o][SELECTION], -abs(o)))
         chosen, argmax = by_offset[offset], by_offset[0.0]
         return {
             "precision": chosen["precision"],
             "recall": chosen["recall"],
             "f1": chosen["f1"],
+            SELECTION: chosen[SELECTION],
             "outside_offset": offset,
             "argmax_f1": argmax["f1"],
         }
 
+    compute_metrics.selection_labels = None if selection_labels is None else tuple(selection_labels)
     return compute_metrics
+
+
+def evaluation_of_best(state) -> dict:
+    """The logged evaluation (``eval_f1``, ``eval_selection``, ``eval_outside_offset``...) of the best
+    checkpoint; empty where none was recorded."""
+    if not state.best_model_checkpoint:
+        return {}
+    step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+    evaluations = [e for e in state.log_history if e.get("step") == step and "eval_f1" in e]
+    return evaluations[-1] if evaluations else {}
 
 
 def outside_offset_of_best(state) -> float:
     """The O offset chosen at the evaluation of the best checkpoint (0 where none was recorded)."""
-    if not state.best_model_checkpoint:
-        return 0.0
-    step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
-    offsets = [
-        e["eval_outside_offset"] for e in state.log_history if e.get("step") == step and "eval_outside_offset" in e
-    ]
-    return float(offsets[-1]) if offsets else 0.0
+    return float(evaluation_of_best(state).get("eval_outside_offset", 0.0))
 
 
 def apply_outside_offset(model, tags: list[str], offset: float, correction: np.ndarray | None = None) -> None:
@@ -159,25 +214,27 @@ def smoothed(scores: list[float], window: int) -> list[float]:
 
 
 def evaluations_without_progress(scores: list[float], window: int) -> int:
-    """How many evaluations since the smoothed validation F1 last reached a new best."""
+    """How many evaluations since the smoothed validation score last reached a new best."""
     means = smoothed(scores, window)
     best = max(range(len(means)), key=lambda i: (means[i], -i)) if means else 0
     return len(means) - 1 - best
 
 
 class SmoothedEarlyStopping(TrainerCallback):
-    """Stops once the validation F1, averaged over the last ``window`` evaluations, has not reached a new best
-    for ``patience`` evaluations. A small validation set makes single evaluations noisy: a peak and three
-    lower scores would stop a run that is still improving on average. The best checkpoint by the raw F1 is
-    kept, as before (``load_best_model_at_end``). Reads the scores from the Trainer's log history, so a resumed
-    run counts the evaluations before its interruption too."""
+    """Stops once the validation score that selects (``metric``: ``eval_selection``, the selection metric),
+    averaged over the last ``window`` evaluations, has not reached a new best for ``patience`` evaluations. A
+    small validation set makes single evaluations noisy: a peak and three lower scores would stop a run that
+    is still improving on average. The best checkpoint by the raw score is kept, as before
+    (``load_best_model_at_end``). Reads the scores from the Trainer's log history, so a resumed run counts the
+    evaluations before its interruption too."""
 
-    def __init__(self, patience: int, window: int = 3) -> None:
+    def __init__(self, patience: int, window: int = 3, metric: str = f"eval_{SELECTION}") -> None:
         self.early_stopping_patience = patience
         self.window = window
+        self.metric = metric
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        scores = [float(entry["eval_f1"]) for entry in state.log_history if "eval_f1" in entry]
+        scores = [float(entry[self.metric]) for entry in state.log_history if self.metric in entry]
         if evaluations_without_progress(scores, self.window) >= self.early_stopping_patience:
             control.should_training_stop = True
 

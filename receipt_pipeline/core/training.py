@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from receipt_pipeline.core import base_model, checkpoint_store, memory
-from receipt_pipeline.core.batching import TokenLoss, WindowCollator, tag_weights
+from receipt_pipeline.core.batching import TokenLoss, WindowCollator, tag_weights, with_label_weights
 from receipt_pipeline.core.box_augmentation import BoxAugmentation
 from receipt_pipeline.core.errors import ExplainedError
 from receipt_pipeline.core.settings import environment
-from receipt_pipeline.core.training_options import TrainingOptions
+from receipt_pipeline.core.training_options import ENTITY_F1, TrainingOptions
 from receipt_pipeline.core.windows import WindowSet
 
 WEIGHTS_FILE = "model.safetensors"
@@ -64,6 +64,11 @@ class TrainingResult:
     batch_plan: str = ""  # how the optimizer's batch ran on this device's memory (core.memory)
     outside_offset: float = 0.0  # added to the best model's O bias: the offset validation chose (core.trainer)
     tag_weights: dict[str, float] = field(default_factory=dict)  # each tag's loss weight; empty: all 1
+    # what selected the best model (TrainingOptions.selection_metric) and its validation score; best_f1 is
+    # the same model's overall entity F1
+    selection_metric: str = ENTITY_F1
+    best_selection: float = 0.0
+    label_weights: dict[str, float] = field(default_factory=dict)  # the explicit ones; empty: none given
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -178,7 +183,12 @@ def build_trainer(
     validation_set = WindowSet(manifest, "validation")
     if not len(train_set) or not len(validation_set):
         raise TrainingError(f"no windows to train on: train {len(train_set)}, validation {len(validation_set)}")
-    weights = tag_weights(train_set.labels, tags, options.tag_weight_power, options.tag_weight_cap)
+    selection_labels = options.check_labels(manifest["labels"])
+    weights = with_label_weights(
+        tag_weights(train_set.labels, tags, options.tag_weight_power, options.tag_weight_cap),
+        tags,
+        options.label_weights,
+    )
     if tokenizer is None:
         tokenizer = matching_tokenizer(options.base_model, manifest)
     else:
@@ -217,7 +227,7 @@ def build_trainer(
         data_collator=WindowCollator(
             tokenizer.pad_token_id, multiple_of=8 if cuda else None, pad_to_length=options.pad_to_length
         ),
-        compute_metrics=entity_f1_metrics(validation_set),
+        compute_metrics=entity_f1_metrics(validation_set, selection_labels),
         compute_loss_func=TokenLoss(options.label_smoothing, weights),
         preprocess_logits_for_metrics=outside_margins(tags, weight_correction(weights)),
         callbacks=[SmoothedEarlyStopping(options.early_stopping_patience), progress],
@@ -239,11 +249,17 @@ def train(
     sync: Callable[[Path, str], None] | None = None,
     tokenizer=None,
 ) -> TrainingResult:
-    """Train on the manifest's train windows, select on validation F1, and leave the best model in
-    ``<run_dir>/best``. ``sync(folder, name)`` is called for every complete checkpoint and for the best."""
+    """Train on the manifest's train windows, select on validation (``options.selection_metric``), and leave
+    the best model in ``<run_dir>/best``. ``sync(folder, name)`` is called for every complete checkpoint and
+    for the best."""
     import torch
 
-    from receipt_pipeline.core.trainer import apply_outside_offset, outside_offset_of_best, weight_correction
+    from receipt_pipeline.core.trainer import (
+        apply_outside_offset,
+        evaluation_of_best,
+        outside_offset_of_best,
+        weight_correction,
+    )
 
     cuda = gpu_available()
     options = (options or TrainingOptions()).resolved(gpu=cuda)
@@ -297,7 +313,7 @@ def train(
     trainer.save_model(str(staging))
     hyperparameters = asdict(options)
     if main_process:
-        _save_best(trainer, tokenizer, staging, best_dir, manifest, hyperparameters, outside_offset)
+        _save_best(trainer, tokenizer, staging, best_dir, manifest, options, outside_offset)
         if sync:
             sync(best_dir, checkpoint_store.BEST)
 
@@ -308,11 +324,11 @@ def train(
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         device = "cpu"
-    best_f1 = trainer.state.best_metric
+    best_f1 = evaluation_of_best(trainer.state).get("eval_f1")
     return TrainingResult(
         run_dir=str(run_dir),
         best_dir=str(best_dir),
-        best_f1=float(best_f1) if best_f1 is not None and not math.isnan(best_f1) else 0.0,
+        best_f1=_number(best_f1),
         epochs=float(trainer.state.epoch or 0.0),
         steps=int(trainer.state.global_step),
         real_tokens=real_tokens,
@@ -332,11 +348,18 @@ def train(
         tag_weights={tag: round(float(w), 3) for tag, w in zip(manifest["tags"], weights, strict=True)}
         if weights is not None
         else {},
+        selection_metric=options.selection_metric,
+        best_selection=_number(trainer.state.best_metric),
+        label_weights=dict(options.label_weights or {}),
     )
 
 
+def _number(value: float | None) -> float:
+    return float(value) if value is not None and not math.isnan(value) else 0.0
+
+
 def _save_best(
-    trainer, tokenizer, staging: Path, best_dir: Path, manifest: dict, hyperparameters: dict, outside_offset: float
+    trainer, tokenizer, staging: Path, best_dir: Path, manifest: dict, options: TrainingOptions, outside_offset: float
 ) -> None:
     # the Trainer pickles its arguments; the model folder carries them as JSON, so it holds no pickle at all
     tags = manifest["tags"]
@@ -345,14 +368,16 @@ def _save_best(
     tokenizer.save_pretrained(str(staging))
     trainer.state.save_to_json(str(staging / "trainer_state.json"))
     (staging / "label_map.json").write_text(json.dumps({"tags": tags, "labels": manifest["labels"]}, indent=2))
-    (staging / "training_options.json").write_text(json.dumps(hyperparameters, indent=2))
+    (staging / "training_options.json").write_text(json.dumps(asdict(options), indent=2))
     checkpoint_store.mark_complete(
         staging,
         {
             "step": trainer.state.global_step,
-            "best_metric": trainer.state.best_metric,
+            "best_metric": trainer.state.best_metric,  # the selection metric's score
+            "selection_metric": options.selection_metric,
             "tags": tags,
             "outside_offset": outside_offset,
+            "label_weights": options.label_weights or {},
         },
     )
     shutil.rmtree(best_dir, ignore_errors=True)

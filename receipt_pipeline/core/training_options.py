@@ -9,11 +9,14 @@ resolved once, by :meth:`TrainingOptions.resolved`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from receipt_pipeline.core import base_model
+from receipt_pipeline.core.errors import ExplainedError
 
 # Defaults follow the base model. LayoutLM-base keeps the earlier system's settings. The compact model
 # wants a higher rate and more, smaller steps: on SROIE at the same epochs, batch 8 x 4 at 1e-4 scored
@@ -30,6 +33,70 @@ SEARCHED_BY_SWEEPS = ("learning_rate", "weight_decay", "warmup_ratio", "label_sm
                       "gradient_accumulation_steps", "max_grad_norm")  # fmt: skip
 
 
+# The label groups a model can be selected on (``selection_metric`` "macro_f1:<group>"), by the names of
+# core.dynamo_schema.LABEL_VOCABULARY: the line items, and the header and total fields SROIE also has
+LABEL_GROUPS: dict[str, tuple[str, ...]] = {
+    "product_details": ("PRODUCT_NAME", "QUANTITY", "UNIT_PRICE", "LINE_TOTAL"),
+    "fields": ("MERCHANT_NAME", "DATE", "ADDRESS_LINE", "GRAND_TOTAL"),
+}
+ENTITY_F1 = "entity_f1"
+MACRO_F1 = "macro_f1"
+
+
+class TrainingOptionsError(ExplainedError, ValueError):
+    """A training setting that cannot be used; the message names the setting and what it accepts."""
+
+
+def selection_group(metric: str) -> tuple[str, ...] | None:
+    """The labels whose macro F1 ``metric`` selects on ("macro_f1:<group>"), or None for "entity_f1" (the
+    overall micro entity F1); a :class:`TrainingOptionsError` listing what is accepted for anything else."""
+    if metric == ENTITY_F1:
+        return None
+    kind, _, group = metric.partition(":")
+    if kind == MACRO_F1 and group in LABEL_GROUPS:
+        return LABEL_GROUPS[group]
+    groups = ", ".join(f"{MACRO_F1}:{name} ({', '.join(labels)})" for name, labels in LABEL_GROUPS.items())
+    what = f"unknown label group {group!r}" if kind == MACRO_F1 else "unknown metric"
+    raise TrainingOptionsError(f"selection_metric {metric!r}: {what}; one of {ENTITY_F1!r}, {groups}")
+
+
+def selection_metric_argument(text: str) -> str:
+    """A ``selection_metric`` flag's value, refused (naming the groups) unless it is one."""
+    selection_group(text)
+    return text
+
+
+def checked_label_weights(weights: Mapping[str, float] | None) -> dict[str, float] | None:
+    """``label_weights`` as label -> float, None where none is given; a :class:`TrainingOptionsError` naming
+    every weight that is not a positive, finite number."""
+    if not weights:
+        return None
+    chosen, bad = {}, []
+    for label, weight in weights.items():
+        try:
+            value = float(weight)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            bad.append(f"{label}={weight!r}")
+        chosen[str(label)] = value
+    if bad:
+        raise TrainingOptionsError(f"label_weights must be positive numbers: {', '.join(bad)}")
+    return chosen
+
+
+def label_weights_argument(text: str) -> dict[str, float]:
+    """A ``label_weights`` flag's value, "LABEL=WEIGHT,LABEL=WEIGHT", as a mapping."""
+    pairs = [part.strip() for part in text.split(",") if part.strip()]
+    weights = {}
+    for pair in pairs:
+        label, equals, weight = pair.partition("=")
+        if not equals or not label.strip():
+            raise TrainingOptionsError(f"label_weights {text!r}: expected LABEL=WEIGHT,..., got {pair!r}")
+        weights[label.strip()] = weight.strip()
+    return checked_label_weights(weights) or {}
+
+
 @dataclass(frozen=True)
 class Setting:
     """What the config and the command line say of one setting."""
@@ -40,6 +107,7 @@ class Setting:
     configurable: bool  # in the Dagster config; False for settings only tests and benchmarks set
     # None in the config and on the command line means the deployment's value (its base model, its budget)
     deployment_default: bool
+    parse: Callable[[str], Any] | None = None  # reads the flag's text where it is not a plain int, float or str
 
 
 def _setting(
@@ -49,11 +117,12 @@ def _setting(
     flag: str | None = "",
     configurable: bool = True,
     deployment_default: bool = False,
+    parse: Callable[[str], Any] | None = None,
     **bounds: float,
 ) -> Any:
     return field(
         default=default,
-        metadata={"setting": Setting(help, bounds, flag, configurable, deployment_default)},
+        metadata={"setting": Setting(help, bounds, flag, configurable, deployment_default, parse)},
     )
 
 
@@ -85,6 +154,21 @@ class TrainingOptions:
         le=1,
     )
     tag_weight_cap: float = _setting(10.0, "The largest weight tag_weight_power gives a label.", ge=1)
+    label_weights: dict[str, float] | None = _setting(
+        None,
+        "Explicit loss weights, label -> weight > 0 (on the command line LABEL=W,LABEL=W), for the label's B- and "
+        "I- tags; they replace tag_weight_power's weight for those labels, the others keep theirs (1 where the "
+        "power is 0). Validation still takes log(weight) from the logits, as for computed weights.",
+        parse=label_weights_argument,
+    )
+    selection_metric: str = _setting(
+        ENTITY_F1,
+        "What selects the O offset of each evaluation, the checkpoint kept and when to stop early: 'entity_f1' "
+        "(overall micro entity F1) or 'macro_f1:<group>', the mean seqeval F1 of the group's labels: "
+        + ", ".join(f"{name} ({', '.join(labels)})" for name, labels in LABEL_GROUPS.items())
+        + ".",
+        parse=selection_metric_argument,
+    )
     max_grad_norm: float = _setting(1.0, "Gradient clipping norm.", gt=0)
     early_stopping_patience: int = _setting(
         3, "Evaluations without a better validation F1, averaged over the last 3, before stopping.", ge=1
@@ -117,6 +201,37 @@ class TrainingOptions:
         "kept to measure against; BENCHMARKS.md).",
         configurable=False,
     )
+
+    def __post_init__(self) -> None:
+        selection_group(self.selection_metric)
+        self.label_weights = checked_label_weights(self.label_weights)
+
+    @property
+    def selection_labels(self) -> tuple[str, ...] | None:
+        """The labels ``selection_metric`` averages the F1 of; None for the overall entity F1."""
+        return selection_group(self.selection_metric)
+
+    def check_labels(self, labels: Iterable[str]) -> tuple[str, ...] | None:
+        """The selection group's labels among the model's ``labels`` (None for the overall entity F1), once
+        every label ``label_weights`` names is one of them and the group has at least one; a
+        :class:`TrainingOptionsError` naming the labels at fault otherwise."""
+        labels = list(labels)
+        unknown = sorted(set(self.label_weights or {}) - set(labels))
+        if unknown:
+            raise TrainingOptionsError(
+                f"label_weights name labels the model does not have: {', '.join(unknown)}; "
+                f"its labels: {', '.join(labels)}"
+            )
+        group = self.selection_labels
+        if group is None:
+            return None
+        present = tuple(label for label in group if label in labels)
+        if not present:
+            raise TrainingOptionsError(
+                f"selection_metric {self.selection_metric!r}: the model has none of the group's labels "
+                f"({', '.join(group)}); its labels: {', '.join(labels)}"
+            )
+        return present
 
     def resolved(self, gpu: bool = False) -> TrainingOptions:
         """These options with every base-model default filled in. On a ``gpu``, where neither the batch nor the
@@ -183,7 +298,7 @@ def config_fields(
 class Flag:
     name: str  # the setting
     flag: str  # e.g. --lr
-    kind: Any  # int, float, str or bool
+    kind: Any  # int, float, str or bool, or a function that reads the flag's text (Setting.parse)
     help: str
     bounds: dict[str, float]
 
@@ -197,5 +312,5 @@ def cli_settings() -> list[Flag]:
             continue
         base = [arg for arg in typing.get_args(kind) if arg is not type(None)] or [kind]
         flag = setting.flag or "--" + name.replace("_", "-")
-        flags.append(Flag(name, flag, base[0], setting.help, setting.bounds))
+        flags.append(Flag(name, flag, setting.parse or base[0], setting.help, setting.bounds))
     return flags

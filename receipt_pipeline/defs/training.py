@@ -13,7 +13,7 @@ from receipt_pipeline.core import distributed, storage, sweep, training_options,
 from receipt_pipeline.core.checkpoint_store import CheckpointSync, restore_latest
 from receipt_pipeline.core.settings import environment
 from receipt_pipeline.core.training import TrainingError, gpu_available, matching_tokenizer, train, weights_digest
-from receipt_pipeline.core.training_options import TrainingOptions
+from receipt_pipeline.core.training_options import TrainingOptions, TrainingOptionsError
 from receipt_pipeline.defs.resources import PipelineSettings
 from receipt_pipeline.launcher import ec2, tags
 
@@ -86,12 +86,14 @@ def layoutlm_checkpoint(
     windowed_tensors: dict,
 ) -> dg.Output[dict]:
     manifest = windowed_tensors
-    options = TrainingOptions.from_config(
-        config.model_dump(), base_model=settings.base_model, max_train_minutes=settings.max_train_minutes
-    )
-    try:  # before anything is restored or started: a base model whose tokenizer cut other windows is refused
+    try:  # before anything is restored or started: a base model whose tokenizer cut other windows is refused,
+        # and label weights or a selection group naming labels the windows do not have
+        options = TrainingOptions.from_config(
+            config.model_dump(), base_model=settings.base_model, max_train_minutes=settings.max_train_minutes
+        )
+        options.check_labels(manifest["labels"])
         tokenizer = matching_tokenizer(options.base_model, manifest)
-    except TrainingError as error:
+    except (TrainingError, TrainingOptionsError) as error:
         raise dg.Failure(str(error)) from error
     run_name = config.run_name or context.run.root_run_id or context.run.run_id
     run_dir, run_uri = run_dir_for(settings, run_name, config.output_path)
@@ -148,6 +150,9 @@ def layoutlm_checkpoint(
             "path": dg.MetadataValue.path(path),
             "run": run_name,
             "best_validation_f1": result.best_f1,
+            # what selected the model kept (overall entity F1 or a label group's macro F1) and its score
+            "selection_metric": result.selection_metric,
+            "best_validation_selection": result.best_selection,
             "epochs": result.epochs,
             "steps": result.steps,
             "real_tokens_per_second": result.real_tokens_per_second,
@@ -163,6 +168,7 @@ def layoutlm_checkpoint(
             "batch_plan": result.batch_plan,
             "outside_offset": result.outside_offset,
             "tag_weights": dg.MetadataValue.json(result.tag_weights),
+            "label_weights": dg.MetadataValue.json(result.label_weights),
             **({"sweep_trial": f"{best['study']} trial {best['trial']} ({best['partition']})"} if best else {}),
             "evaluations": dg.MetadataValue.json(result.evaluations),
             "weights_sha256": version,

@@ -77,6 +77,27 @@ def test_rare_labels_weigh_more_in_the_loss_as_the_root_of_their_rarity_up_to_th
     assert torch.allclose(batching.TokenLoss()({"logits": logits}, targets), per_token.mean())
 
 
+def test_explicit_label_weights_replace_the_computed_ones_for_their_labels_and_reach_the_loss():
+    import torch
+
+    tags = ["O", "B-TOTAL", "I-TOTAL", "B-ADDRESS", "I-ADDRESS", "B-DATE"]
+    labels = np.array([0] * 400 + [1] * 4 + [3] * 20 + [4] * 80)
+    computed = batching.tag_weights(labels, tags, power=0.5, cap=8.0)  # [1, 8, 8, 2, 2, 8]
+    weights = batching.with_label_weights(computed, tags, {"ADDRESS": 5.0, "DATE": 0.5})
+    assert weights.tolist() == [1.0, 8.0, 8.0, 5.0, 5.0, 0.5]
+    assert computed.tolist() == [1.0, 8.0, 8.0, 2.0, 2.0, 8.0]  # not changed in place
+    # with every computed weight 1 (power 0) the others weigh 1; with no explicit weights, nothing changes
+    assert batching.with_label_weights(None, tags, {"TOTAL": 3.0}).tolist() == [1.0, 3.0, 3.0, 1.0, 1.0, 1.0]
+    assert batching.with_label_weights(None, tags, None) is None
+    assert batching.with_label_weights(computed, tags, None) is computed
+
+    logits = torch.randn(1, 4, 6)
+    targets = torch.tensor([[0, 3, 4, 5]])
+    weighted = batching.TokenLoss(tag_weights=weights)({"logits": logits}, targets)
+    per_token = torch.nn.functional.cross_entropy(logits[0], targets[0], reduction="none")
+    assert torch.allclose(weighted, (per_token * torch.tensor([1.0, 5.0, 5.0, 0.5])).sum() / 4)
+
+
 def test_unset_batch_and_rate_follow_the_base_model_and_set_ones_are_kept():
     compact = TrainingOptions(base_model="compact").resolved()
     assert (compact.per_device_batch_size, compact.gradient_accumulation_steps, compact.learning_rate) == (4, 1, 2e-4)
@@ -167,6 +188,79 @@ def test_validation_picks_the_o_offset_under_which_entity_tags_that_rank_second_
     metrics = entity_f1_metrics(windows)(EvalPrediction(predictions=margins, label_ids=labels))
     assert metrics["argmax_f1"] == 0.0
     assert metrics["f1"] == 1.0 and metrics["outside_offset"] == -1.5  # the smallest offset that finds them all
+    assert metrics["selection"] == metrics["f1"]  # by default the overall entity F1 selects
+
+
+def test_the_macro_f1_of_a_group_is_the_mean_of_seqevals_per_label_f1_over_the_groups_labels():
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+
+    from receipt_pipeline.core.trainer import macro_entity_f1
+
+    truth = {
+        "r1": ["B-PRODUCT_NAME", "I-PRODUCT_NAME", "B-LINE_TOTAL", "O", "B-DATE", "O"],
+        "r2": ["B-PRODUCT_NAME", "O", "B-LINE_TOTAL", "O", "B-QUANTITY", "O"],
+    }
+    predicted = {
+        # PRODUCT_NAME: 1 of 2 right (r1's span cut short, r2's found); LINE_TOTAL: both right; DATE missed
+        "r1": ["B-PRODUCT_NAME", "O", "B-LINE_TOTAL", "O", "O", "O"],
+        # QUANTITY: one predicted where none is true, the true one missed; UNIT_PRICE: predicted, never true
+        "r2": ["B-PRODUCT_NAME", "B-QUANTITY", "B-LINE_TOTAL", "B-UNIT_PRICE", "O", "O"],
+    }
+    group = ("PRODUCT_NAME", "QUANTITY", "UNIT_PRICE", "LINE_TOTAL")
+    # by hand: PRODUCT_NAME P 1/2 R 1/2 F1 0.5; LINE_TOTAL 1.0; QUANTITY P 0/1 R 0/1: 0; UNIT_PRICE P 0/1: 0
+    assert macro_entity_f1(truth, predicted, group) == pytest.approx((0.5 + 1.0 + 0.0 + 0.0) / 4)
+    report = classification_report(
+        list(truth.values()), list(predicted.values()), mode="strict", scheme=IOB2, output_dict=True, zero_division=0
+    )
+    assert macro_entity_f1(truth, predicted, group) == pytest.approx(
+        sum(report[label]["f1-score"] for label in group) / len(group)
+    )
+    # DATE is outside the group; a label of the group with no true nor predicted entity is not counted
+    assert macro_entity_f1(truth, predicted, ("PRODUCT_NAME", "DATE")) == pytest.approx((0.5 + 0.0) / 2)
+    assert macro_entity_f1(truth, predicted, ("LINE_TOTAL", "COUPON")) == 1.0
+    assert macro_entity_f1(truth, predicted, ("COUPON",)) == 0.0
+    assert macro_entity_f1(truth, {}, group) == 0.0  # nothing predicted
+
+
+def test_the_groups_macro_f1_picks_the_o_offset_and_is_reported_beside_the_overall_scores(small_manifest):
+    from transformers import EvalPrediction
+
+    from receipt_pipeline.core.evaluation import overall_entity_scores, receipt_tags, true_receipt_tags
+    from receipt_pipeline.core.trainer import entity_f1_metrics, macro_entity_f1
+
+    windows = WindowSet(small_manifest, "validation")
+    labels = np.full((len(windows), int(windows.lengths.max())), -100)
+    for i in range(len(windows)):
+        labels[i, : windows.lengths[i]] = windows[i]["labels"]
+    tags = windows.tags
+    outside = tags.index(bio.OUTSIDE)
+    group = ("MERCHANT_NAME", "DATE", "ADDRESS_LINE", "GRAND_TOTAL")  # a few entities a receipt
+    in_group = np.isin(labels, [tags.index(t) for t in tags if t.split("-", 1)[-1] in group])
+    entity = (labels >= 0) & (labels != outside)
+    # other entities win at offset 0; the group's rank second to O by 1, and every O token's best entity tag
+    # (a tax, outside the group) by 1.2: from offset -1.5 the group is found and every O token read as a tax
+    lead = np.where(in_group, 1.0, np.where(entity, -1.0, 1.2))
+    best = np.where(entity, labels, tags.index("B-TAX"))
+    margins = np.stack([lead, best], -1).astype(np.float32)
+    prediction = EvalPrediction(predictions=margins, label_ids=labels)
+
+    def read(offset: float) -> dict:
+        ids = [np.where(margins[i, :n, 0] + offset >= 0, outside, margins[i, :n, 1]).astype(np.int64)
+               for i, n in enumerate(windows.lengths)]  # fmt: skip
+        return receipt_tags(windows, ids)
+
+    truth = true_receipt_tags(windows)
+    overall = {offset: overall_entity_scores(truth, read(offset))["f1"] for offset in (0.0, -1.5)}
+    macro = {offset: macro_entity_f1(truth, read(offset), group) for offset in (0.0, -1.5)}
+    assert overall[0.0] > overall[-1.5] and macro[-1.5] == 1.0 > macro[0.0] == 0.0  # the two disagree
+
+    by_f1 = entity_f1_metrics(windows)(prediction)
+    assert by_f1["outside_offset"] == 0.0 and by_f1["selection"] == by_f1["f1"] == overall[0.0]
+    by_group = entity_f1_metrics(windows, group)(prediction)
+    assert by_group["outside_offset"] == -1.5 and by_group["selection"] == 1.0
+    # the overall scores are still reported, under the offset the group chose
+    assert by_group["f1"] == overall[-1.5] and by_group["argmax_f1"] == by_f1["argmax_f1"] == overall[0.0]
 
 
 def test_the_model_kept_predicts_as_validation_scored_it_with_the_weights_taken_out_and_the_offset_added():
@@ -342,6 +436,56 @@ def test_a_base_model_whose_tokenizer_differs_from_the_windows_is_refused_naming
     assert training.matching_tokenizer("compact", small_manifest).vocab_size > 30000
 
 
+def test_selection_by_a_groups_macro_f1_and_explicit_label_weights_are_recorded_with_the_model(
+    small_manifest, tmp_path
+):
+    evaluations = []
+    options = TrainingOptions(
+        **{**QUICK, "max_steps": 4, "eval_steps": 2},
+        selection_metric="macro_f1:product_details",
+        label_weights={"GRAND_TOTAL": 3.0, "DATE": 0.5},
+    )
+    result = train(small_manifest, tmp_path / "run", options, on_evaluate=evaluations.append)
+    assert all("eval_selection" in e and "eval_f1" in e for e in evaluations)
+    assert (result.selection_metric, result.label_weights) == (
+        "macro_f1:product_details",
+        {"GRAND_TOTAL": 3.0, "DATE": 0.5},
+    )
+    assert result.tag_weights["B-GRAND_TOTAL"] == result.tag_weights["I-GRAND_TOTAL"] == 3.0
+    assert result.tag_weights["B-DATE"] == 0.5 and result.tag_weights["O"] == 1.0
+    assert result.hyperparameters["selection_metric"] == "macro_f1:product_details"
+    # the checkpoint kept is the best by the group's F1; best_f1 is its overall entity F1, its offset its own
+    assert result.best_selection == max(e["eval_selection"] for e in evaluations)
+    chosen = next(e for e in evaluations if e["eval_selection"] == result.best_selection)
+    assert (result.best_f1, result.outside_offset) == (chosen["eval_f1"], chosen["eval_outside_offset"])
+    best = tmp_path / "run" / "best"
+    marker = json.loads((best / COMPLETE_MARKER).read_text())
+    assert marker["selection_metric"] == "macro_f1:product_details" and marker["best_metric"] == result.best_selection
+    assert marker["label_weights"] == {"GRAND_TOTAL": 3.0, "DATE": 0.5}
+    saved = json.loads((best / "training_options.json").read_text())
+    assert (saved["selection_metric"], saved["label_weights"]) == (options.selection_metric, options.label_weights)
+    # the model kept, the weights' correction and the offset in its biases, reads validation as selection did
+    assert evaluate(str(best), small_manifest, split="validation").entity["overall"]["f1"] == result.best_f1
+
+
+def test_early_stopping_reads_the_selection_metric_not_the_overall_f1():
+    from types import SimpleNamespace
+
+    from receipt_pipeline.core.trainer import SmoothedEarlyStopping
+
+    callback = SmoothedEarlyStopping(patience=3)
+    state = SimpleNamespace(log_history=[])
+    plateau = [0.30, 0.50, 0.60, 0.61, 0.58, 0.59, 0.57, 0.58]
+    for count, score in enumerate(plateau, start=1):
+        # the overall F1 keeps rising; the selection metric has stopped
+        state.log_history.append({"eval_f1": 0.1 * count, "eval_selection": score, "step": count})
+        control = SimpleNamespace(should_training_stop=False)
+        callback.on_evaluate(None, state, control)
+        if control.should_training_stop:
+            break
+    assert count == 8 and control.should_training_stop
+
+
 @pytest.mark.parametrize(
     ("scores", "stops_after"),
     [
@@ -360,7 +504,7 @@ def test_early_stopping_follows_the_average_validation_f1_not_single_noisy_evalu
     state = SimpleNamespace(log_history=[])
     stopped = None
     for count, score in enumerate(scores, start=1):
-        state.log_history.append({"eval_f1": score, "step": count})
+        state.log_history.append({"eval_f1": score, "eval_selection": score, "step": count})
         control = SimpleNamespace(should_training_stop=False)
         callback.on_evaluate(None, state, control)
         if control.should_training_stop:
