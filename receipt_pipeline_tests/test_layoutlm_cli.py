@@ -108,9 +108,10 @@ def test_train_with_the_earlier_tools_flags_runs_through_dagster_and_prints_the_
     assert problems > 1 and f"sroie_receipts: {problems} inputs could not be fully used" in said[0]
 
 
-def test_train_writes_its_run_folder_under_output_s3_path(local_default, artifacts_bucket):
+def test_train_writes_its_run_folder_under_output_s3_path(local_default, artifacts_bucket, tmp_path):
+    # its own scratch: a run folder left in the default one by an earlier run would be resumed
     out = _layoutlm_cli(
-        local_default["env"],
+        {**local_default["env"], "RECEIPT_PIPELINE_SCRATCH": str(tmp_path / "scratch")},
         "train",
         "--job-name", "to-s3",
         "--output-s3-path", f"s3://{artifacts_bucket}/experiments",
