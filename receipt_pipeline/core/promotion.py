@@ -1,4 +1,8 @@
-"""The production model: a checkpoint copied to one stable place when its F1 holds up against the current one.
+"""The production model: a checkpoint copied to one stable place when it holds up against the current one.
+
+The gate (:func:`decide_paired`) compares the candidate with the production model on the same receipts, the
+candidate's test split, receipt by receipt: a seeded paired bootstrap of the F1 difference, and the drop of
+each well-supported label.
 
 The stable place (``s3://<bucket>/models/production`` or a local folder) holds the model's files and
 ``production.json``, which says what the model is: its checkpoint, data versions, report and scores.
@@ -27,38 +31,12 @@ class PromotionError(ExplainedError, RuntimeError):
     pass
 
 
-@dataclass(frozen=True)
-class Decision:
-    passed: bool
-    candidate_f1: float
-    production_f1: float | None
-    tolerance: float
-    reason: str
-
-
 def current_production(root: str) -> dict | None:
     """The manifest of the production model under ``root``, or None when none was promoted yet."""
     manifest = storage.join(root, MANIFEST)
     if not storage.exists(manifest):
         return None
     return json.loads(storage.read_bytes(manifest))
-
-
-def decide(candidate_f1: float, production: dict | None, tolerance: float) -> Decision:
-    """Promote unless the candidate's F1 is lower than production's by more than ``tolerance``."""
-    if production is None:
-        return Decision(True, candidate_f1, None, tolerance, "no production model yet")
-    current = float(production["scores"][METRIC])
-    drop = current - candidate_f1
-    if drop > tolerance:
-        reason = (
-            f"{METRIC} {candidate_f1:.4f} is {drop:.4f} below the production model's {current:.4f} "
-            f"(checkpoint {production['checkpoint'].get('version', '?')}), more than the tolerance {tolerance}"
-        )
-        return Decision(False, candidate_f1, current, tolerance, reason)
-    return Decision(
-        True, candidate_f1, current, tolerance, f"{METRIC} {candidate_f1:.4f} against production's {current:.4f}"
-    )
 
 
 def promote(checkpoint_uri: str, root: str, manifest: dict) -> dict:
@@ -124,6 +102,11 @@ class PairedDecision:
             "tolerance": self.tolerance,
             "max_label_drop": self.max_label_drop,
         }
+
+    @classmethod
+    def refused(cls, reason: str, candidate_f1: float, receipts: int, tolerance: float, max_label_drop: float):
+        """A refusal decided before any paired comparison could be made (no production scores to pair with)."""
+        return cls(False, reason, candidate_f1, None, None, None, {}, [], receipts, tolerance, max_label_drop)
 
 
 def _f1(counts: np.ndarray) -> np.ndarray:

@@ -2,8 +2,10 @@
 
 Each trial is trained in its own run (a partition of the sweep asset), so the study lives in a database
 that every run reaches: SQLite locally, the deployment's Postgres in prod. A trial's run asks the study
-for settings, trains, and tells it the best validation F1; later trials learn from finished ones. A
-retry of a trial's run continues the trial it already asked for instead of asking again.
+for settings, trains, and tells it the kept model's validation score on the selection metric (overall entity
+F1, or macro F1 over a label group: ``TrainingOptions.selection_metric``), the score that chose that model;
+later trials learn from finished ones. A study ranks its trials by one metric, recorded on the study by its
+first trial. A retry of a trial's run continues the trial it already asked for instead of asking again.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from receipt_pipeline.core.training_options import TrainingOptions
+from receipt_pipeline.core.errors import ExplainedError
+from receipt_pipeline.core.training_options import ENTITY_F1, TrainingOptions
 
+METRIC_ATTR = "selection_metric"
 PARTITION_ATTR = "partition"
 EPOCHS_ATTR = "epochs"
 CHECKPOINT_ATTR = "checkpoint"
@@ -50,9 +54,14 @@ class Trial:
     partition: str
     params: dict
     state: str
-    validation_f1: float | None
+    validation_f1: float | None  # the kept model's validation score on the study's metric
     epochs: float | None
     checkpoint: str | None
+    metric: str = ENTITY_F1
+
+
+class SweepError(ExplainedError, ValueError):
+    pass
 
 
 def open_study(name: str, storage_url: str, seed: int = 42) -> optuna.Study:
@@ -62,6 +71,20 @@ def open_study(name: str, storage_url: str, seed: int = 42) -> optuna.Study:
     if "seed" not in study.user_attrs:
         study.set_user_attr("seed", seed)
     return study
+
+
+def rank_by(study: optuna.Study, metric: str) -> str:
+    """Records ``metric`` as the study's ranking metric on its first trial; refuses another one later, since
+    trials scored on different metrics cannot be ranked against each other."""
+    ranked_by = study.user_attrs.get(METRIC_ATTR)
+    if ranked_by is None:
+        study.set_user_attr(METRIC_ATTR, metric)
+    elif ranked_by != metric:
+        raise SweepError(
+            f"study {study.study_name!r} ranks its trials by {ranked_by!r}; this trial selects by {metric!r}: "
+            f"set selection_metric to {ranked_by!r} or start a new study"
+        )
+    return metric
 
 
 def _seeded_sampler(study: optuna.Study) -> optuna.samplers.TPESampler:
@@ -135,6 +158,7 @@ def options_for(params: dict, base: TrainingOptions, max_per_device_batch: int) 
 
 def trials(study: optuna.Study) -> list[Trial]:
     outcomes = study.user_attrs
+    metric = str(outcomes.get(METRIC_ATTR, ENTITY_F1))
     return [
         Trial(
             number=t.number,
@@ -144,13 +168,14 @@ def trials(study: optuna.Study) -> list[Trial]:
             validation_f1=t.value,
             epochs=outcomes.get(_outcome_attr(t.number, EPOCHS_ATTR)),
             checkpoint=outcomes.get(_outcome_attr(t.number, CHECKPOINT_ATTR)),
+            metric=metric,
         )
         for t in study.get_trials(deepcopy=False)
     ]
 
 
 def best(finished: list[Trial]) -> Trial:
-    """The highest validation F1; of equal ones, the one that trained fewer epochs."""
+    """The highest validation score on the study's metric; of equal ones, the one that trained fewer epochs."""
     complete = [t for t in finished if t.state == TrialState.COMPLETE.name and t.validation_f1 is not None]
     if not complete:
         raise ValueError("no completed trial: run the sweep's trials first")
@@ -159,7 +184,8 @@ def best(finished: list[Trial]) -> Trial:
 
 def markdown_table(all_trials: list[Trial]) -> str:
     names = sorted({name for t in all_trials for name in t.params})
-    header = "| trial | partition | state | validation F1 | epochs | " + " | ".join(names) + " |\n"
+    metric = all_trials[0].metric if all_trials else ENTITY_F1
+    header = f"| trial | partition | state | validation {metric} | epochs | " + " | ".join(names) + " |\n"
     header += "|---:|---|---|---:|---:|" + "---:|" * len(names) + "\n"
     rows = []
     for t in sorted(all_trials, key=lambda t: t.number):
@@ -189,7 +215,7 @@ def f1_against_learning_rate_png(all_trials: list[Trial]) -> bytes:
         axes.annotate(str(t.number), (t.params["learning_rate"], t.validation_f1), fontsize=8)
     axes.set_xscale("log")
     axes.set_xlabel("learning rate")
-    axes.set_ylabel("best validation F1")
+    axes.set_ylabel(f"validation {complete[0].metric if complete else ENTITY_F1} of the kept model")
     axes.set_title("sweep trials")
     figure.tight_layout()
     buffer = io.BytesIO()

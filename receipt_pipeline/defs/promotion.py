@@ -16,16 +16,10 @@ def promotion_decision(settings: PipelineSettings, report: dict) -> promotion.Pa
         version = current.get("checkpoint", {}).get("version", "")
         if not champion or champion.get("version") != version:
             scored = champion.get("version") if champion else None
-            return promotion.PairedDecision(
-                False,
+            return promotion.PairedDecision.refused(
                 f"the report scored production model {scored!r} beside the candidate, but production is now "
                 f"{version!r}: materialise evaluation_report again",
                 float(report[promotion.METRIC]),
-                None,
-                None,
-                None,
-                {},
-                [],
                 report.get("receipts", 0),
                 settings.promotion_tolerance,
                 settings.promotion_max_label_drop,

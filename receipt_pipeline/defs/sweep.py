@@ -70,6 +70,7 @@ def _trial_metadata(trial: sweep.Trial) -> dict:
     return {
         "trial": trial.number,
         "validation_f1": trial.validation_f1 if trial.validation_f1 is not None else float("nan"),
+        "selection_metric": trial.metric,
         "epochs": trial.epochs if trial.epochs is not None else float("nan"),
         "checkpoint": dg.MetadataValue.path(trial.checkpoint or ""),
         "params": dg.MetadataValue.json(trial.params),
@@ -83,8 +84,9 @@ def _trial_metadata(trial: sweep.Trial) -> dict:
     kinds={"pytorch", "optuna"},
     tags={tags.GPU: "true"},
     pool=GPU_POOL,
-    description="One sweep trial: settings asked from the Optuna study, a short training, the best validation "
-    "F1 told back. Each partition is its own run, so in prod its own GPU instance.",
+    description="One sweep trial: settings asked from the Optuna study, a short training, the kept model's "
+    "validation score on the selection metric told back. Each partition is its own run, so in prod its own "
+    "GPU instance.",
 )
 def sweep_trial(
     context: dg.AssetExecutionContext, config: SweepTrialConfig, settings: PipelineSettings, windowed_tensors: dict
@@ -93,12 +95,16 @@ def sweep_trial(
     study = _study(settings, config.study, config.seed)
     done = sweep.finished_trial(study, partition)
     if done is None:
-        number, params = sweep.ask(study, config.space(), partition)
         base = TrainingOptions.from_config(  # the search ranges share names with the settings they search
             config.model_dump(exclude=set(training_options.SEARCHED_BY_SWEEPS)),
             base_model=settings.base_model,
             max_train_minutes=settings.max_train_minutes,
         )
+        try:  # before asking, so a trial on the wrong metric never enters the study
+            sweep.rank_by(study, base.selection_metric)
+        except sweep.SweepError as error:
+            raise dg.Failure(str(error)) from error
+        number, params = sweep.ask(study, config.space(), partition)
         max_batch = config.max_per_device_batch_size or sweep.default_max_per_device_batch(gpu_available())
         options = sweep.options_for(params, base, max_batch)
         context.log.info(f"trial {number} of study {config.study}: {json.dumps(params)}")
@@ -111,7 +117,8 @@ def sweep_trial(
             sweep.fail(study, number)
             raise
         path = storage.join(run_uri, "best") if run_uri else result.best_dir
-        sweep.tell(study, number, result.best_f1, result.epochs, path)
+        # the score that chose the kept model, so a study on a label group ranks by that group
+        sweep.tell(study, number, result.best_selection, result.epochs, path)
         done = sweep.finished_trial(study, partition)
     else:
         context.log.info(f"trial {done.number} of {partition} finished before: not trained again")
@@ -121,6 +128,7 @@ def sweep_trial(
         "trial": done.number,
         "params": done.params,
         "validation_f1": done.validation_f1,
+        "selection_metric": done.metric,
         "epochs": done.epochs,
         "checkpoint": done.checkpoint,
     }
@@ -139,8 +147,9 @@ class BestHyperparametersConfig(dg.Config):
     code_version="1",
     deps=[sweep_trial],
     kinds={"optuna"},
-    description="The sweep's best trial by validation F1 (of equal ones, fewer epochs), with a table of every "
-    "trial and a plot of F1 against learning rate. layoutlm_checkpoint uses it with use_best_hyperparameters.",
+    description="The sweep's best trial by validation score on the study's selection metric (of equal ones, "
+    "fewer epochs), with a table of every trial and a plot of that score against learning rate. "
+    "layoutlm_checkpoint uses it with use_best_hyperparameters.",
 )
 def best_hyperparameters(
     context: dg.AssetExecutionContext, config: BestHyperparametersConfig, settings: PipelineSettings
@@ -161,6 +170,7 @@ def best_hyperparameters(
         "partition": chosen.partition,
         "params": chosen.params,
         "validation_f1": chosen.validation_f1,
+        "selection_metric": chosen.metric,
         "epochs": chosen.epochs,
         "trials": len(all_trials),
     }

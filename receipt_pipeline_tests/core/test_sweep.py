@@ -75,6 +75,22 @@ def test_the_best_trial_is_the_highest_f1_and_of_ties_the_fewer_epochs(tmp_path)
         sweep.best([t for t in all_trials if t.state == "FAIL"])
 
 
+def test_a_study_ranks_by_the_metric_of_its_first_trial_and_refuses_another(tmp_path):
+    study = sweep.open_study("s", _url(tmp_path))
+    assert sweep.trials(study) == [] and sweep.markdown_table([]).startswith("| trial |")
+    group = "macro_f1:product_details"
+    assert sweep.rank_by(study, group) == group
+    number, _ = sweep.ask(study, sweep.SearchSpace(), "s-000")
+    sweep.tell(study, number, validation_f1=0.4, epochs=1.0, checkpoint="/runs/s-000")
+    reopened = sweep.open_study("s", _url(tmp_path))
+    assert sweep.rank_by(reopened, group) == group, "the same metric again is fine"
+    with pytest.raises(sweep.SweepError, match="ranks its trials by 'macro_f1:product_details'.*'entity_f1'"):
+        sweep.rank_by(reopened, "entity_f1")
+    [trial] = sweep.trials(reopened)
+    assert trial.metric == group
+    assert f"validation {group}" in sweep.markdown_table([trial])
+
+
 def test_a_trials_effective_batch_is_split_into_what_fits_and_accumulation():
     params = {
         "learning_rate": 3e-5,

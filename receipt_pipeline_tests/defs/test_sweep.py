@@ -64,6 +64,7 @@ def test_a_three_trial_sweep_picks_the_best_and_a_full_retrain_uses_it(windows):
     for partition in partitions:
         metadata = _metadata(_trial(settings, instance, partition), "sweep_trial")
         assert 0.0 <= metadata["validation_f1"] <= 1.0 and storage.exists(metadata["checkpoint"])
+        assert metadata["selection_metric"] == "entity_f1", "ranked by the default selection metric"
         assert 1e-4 <= metadata["params"]["learning_rate"] <= 5e-4
         f1s[partition] = (metadata["validation_f1"], metadata["epochs"], metadata["trial"])
     study = sweep.open_study(STUDY, settings.optuna_storage)
@@ -87,6 +88,7 @@ def test_a_three_trial_sweep_picks_the_best_and_a_full_retrain_uses_it(windows):
     chosen = _metadata(best, "best_hyperparameters")
     expected = max(f1s.items(), key=lambda item: (item[1][0], -item[1][1], -item[1][2]))[0]
     assert chosen["partition"] == expected and chosen["completed_trials"] == 3
+    assert chosen["selection_metric"] == "entity_f1"
     assert chosen["all_trials"].count(f"| {STUDY}-") == 3
     assert storage.read_bytes(chosen["f1_against_learning_rate"])[:4] == b"\x89PNG"
 

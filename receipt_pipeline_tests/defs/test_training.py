@@ -178,6 +178,18 @@ def test_the_gate_scores_production_on_the_same_receipts_and_refuses_a_label_cha
         storage.write_bytes(label_map_uri, label_map)
 
 
+def test_the_gate_refuses_a_report_that_scored_another_production_model(local_run):
+    _, settings, _ = local_run
+    production = json.loads(
+        storage.read_bytes(storage.join(settings.artifact_root, "models", "production", "production.json"))
+    )
+    report = {"entity_f1": 0.9, "receipts": 7, "champion": {"version": "an-older-production-model"}}
+    decision = promotion.promotion_decision(resources_for(settings)["settings"], report)
+    assert not decision.passed and decision.production_f1 is None and decision.receipts == 7
+    assert "'an-older-production-model'" in decision.reason
+    assert repr(production["checkpoint"]["version"]) in decision.reason
+
+
 def test_production_model_refuses_a_report_of_another_checkpoint(local_run):
     _, settings, _ = local_run
     report = {"checkpoint": {"version": "something-else"}, "entity_f1": 1.0, "report_folder": "/nowhere"}
