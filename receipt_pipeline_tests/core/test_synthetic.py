@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import gc
+import itertools
 import math
+import statistics
 import tracemalloc
 import uuid
 from collections import Counter, defaultdict
@@ -17,7 +19,8 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.config import Config
 
-from receipt_pipeline.core import aws, dynamo_schema, local_aws, synthetic
+from receipt_pipeline.core import aws, bio, dynamo_schema, local_aws, synthetic, word_table
+from receipt_pipeline.core.dynamo_reader import ReadOptions, assemble
 from receipt_pipeline.core.dynamo_schema import (
     RECEIPT,
     RECEIPT_LINE,
@@ -102,6 +105,26 @@ def _truth_by_word(receipts: Iterable[SyntheticReceipt]) -> dict[tuple, str | No
         for line in r.lines
         for word in line.words
     }
+
+
+def _label_runs(words: Iterable[synthetic.SyntheticWord]) -> tuple[str | None, ...]:
+    """The true labels along a line, a run of one label counted once (product names differ in length)."""
+    return tuple(label for label, _ in itertools.groupby(word.truth for word in words if not word.is_noise))
+
+
+def _layout(receipt: SyntheticReceipt) -> tuple:
+    """What a merchant's template fixes, read off one of its receipts: the header's lines, the first item's
+    lines and the words printed beside the subtotal, tax and total."""
+    lines = receipt.lines
+    first_item = next(i for i, line in enumerate(lines) if any(w.truth == "PRODUCT_NAME" for w in line.words))
+    header = tuple(_label_runs(line.words) for line in lines[:first_item])
+    item = tuple(_label_runs(line.words) for line in lines[first_item : first_item + 2])
+    wording = tuple(
+        " ".join(word.printed_text for word in line.words if word.truth is None and not word.is_noise)
+        for line in lines
+        if any(word.truth in ("SUBTOTAL", "TAX", "GRAND_TOTAL") for word in line.words)
+    )
+    return header, item, wording
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -340,6 +363,52 @@ def test_receipts_read_like_receipts():
     assert 0.005 < len(noisy) / (len(noisy) + len(clean)) < 0.1
     assert max(w.confidence for w in noisy) < min(w.confidence for w in clean)
     assert any(w.is_noise for r in receipts for w in r.words())
+
+
+def test_each_merchant_prints_every_receipt_with_its_own_template_whatever_the_seed():
+    layouts: dict[str, set[tuple]] = defaultdict(set)
+    for seed in (1, 2):
+        for receipt in iter_synthetic_receipts(200, seed):
+            layouts[receipt.merchant].add(_layout(receipt))
+
+    assert all(len(seen) == 1 for seen in layouts.values()), "a merchant printed two layouts"
+    distinct = {layout for (layout,) in layouts.values()}
+    assert len(distinct) >= 0.9 * len(layouts) >= 36
+
+
+def test_each_merchant_prints_its_name_and_prices_in_the_same_places():
+    name_left: dict[str, list[float]] = defaultdict(list)
+    price_right: dict[str, list[float]] = defaultdict(list)
+    for receipt in iter_synthetic_receipts(300, SEED):
+        words = list(receipt.words())
+        name_left[receipt.merchant].append(next(w.corners[0][0] for w in words if w.truth == "MERCHANT_NAME"))
+        price_right[receipt.merchant].append(
+            statistics.median(w.corners[1][0] for w in words if w.truth == "LINE_TOTAL")
+        )
+
+    for positions in (name_left, price_right):
+        # x in 0..1 of the receipt: the print size, the margins and the skew of a photo move it a little
+        within = statistics.mean(max(xs) - min(xs) for xs in positions.values())
+        means = [statistics.mean(xs) for xs in positions.values()]
+        assert max(means) - min(means) > 3 * within
+
+
+def test_a_few_hundred_receipts_come_from_about_40_merchants_each_named_alike_on_all_its_receipts():
+    receipts = list(iter_synthetic_receipts(200, SEED))
+    frame = word_table.to_frame(assemble(iter_receipt_items(200, SEED), ReadOptions(table="t")).columns)
+    split = bio.build_split([frame], bio.SplitOptions(strategy="merchant"))
+    merchant_of = dict(zip(split.table.column("key").to_pylist(), split.table.column("merchant").to_pylist(),
+                           strict=True))  # fmt: skip
+
+    merchants = {receipt.merchant for receipt in receipts}
+    assert 38 <= len(merchants) <= 40
+    # the merchant split reads the VALID MERCHANT_NAME words as the table stores them, OCR noise and all
+    for receipt in receipts:
+        key = word_table.receipt_key(word_table.SOURCE_DYNAMO, receipt.image_id, receipt.receipt_id)
+        if receipt.has_valid_label:
+            assert merchant_of[key] == bio.normalised_merchant(receipt.merchant), key
+    assert len(set(merchant_of.values())) == len(merchants)
+    assert sum(split.record["merchants"].values()) == len(merchants)
 
 
 def test_the_same_seed_gives_the_same_items_and_another_seed_others():
