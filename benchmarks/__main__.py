@@ -3,10 +3,10 @@
 python -m benchmarks [--write] [NAME ...]
 
 Without names it runs the default set (windowing, training-throughput, table-read, demo, gpu); the others
-(read-strategies, seed-stream, sroie-training, sroie-training-earlier-overrides) on request. Each prints a
-Markdown section stamped with the machine and the date; with ``--write`` (as `make bench` runs it) each
-replaces its own ``<!-- bench:NAME -->`` block in BENCHMARKS.md, and the findings written around the blocks
-stay.
+(read-strategies, seed-stream, sroie-training, sroie-training-earlier-overrides, split-strategies,
+export-inference) on request. Each prints a Markdown section stamped with the machine and the date; with
+``--write`` (as `make bench` runs it) each replaces its own ``<!-- bench:NAME -->`` block in BENCHMARKS.md,
+and the findings written around the blocks stay.
 """
 
 from __future__ import annotations
@@ -482,6 +482,19 @@ def sroie_training_earlier_overrides() -> str:
     return module.markdown(20.0, {"entity_share_target": 0.0}, epochs=epochs, early_stopping_patience=epochs)
 
 
+def split_strategies() -> str:
+    from benchmarks import split_strategies as module
+
+    return module.markdown(4.0)
+
+
+def export_inference() -> str:
+    from benchmarks import export_inference as module
+
+    # the compact model trained a few minutes, then served by PyTorch and by its ONNX exports
+    return module.markdown()
+
+
 BENCHMARKS = {
     "windowing": windowing,
     "training-throughput": training_throughput,
@@ -492,6 +505,8 @@ BENCHMARKS = {
     "seed-stream": seed_stream,
     "sroie-training": sroie_training,
     "sroie-training-earlier-overrides": sroie_training_earlier_overrides,
+    "split-strategies": split_strategies,
+    "export-inference": export_inference,
 }
 # what `make bench` runs unless told otherwise (BENCH="..."): the issue-8 list; the rest on request
 DEFAULT = ["windowing", "training-throughput", "table-read", "demo", "gpu"]
