@@ -1,4 +1,5 @@
-"""``layoutlm-cli``: train or sweep through Dagster from a shell, with the earlier tool's flags.
+"""``layoutlm-cli``: train or sweep through Dagster from a shell, with the earlier tool's flags, and score every
+checkpoint of a run (``eval-checkpoints``, here, without Dagster).
 
 Without ``--dagster-url`` the run executes here, recorded in the Dagster instance at ``$DAGSTER_HOME``
 (default ``./.dagster_home``, the one `make dev` serves), so it shows in the UI. With ``--dagster-url``
@@ -16,6 +17,7 @@ import click
 
 from receipt_pipeline.cli import CommandGroup, existing_path, one_line, report_input_problems
 from receipt_pipeline.core import storage, training_options
+from receipt_pipeline.core.checkpoint_scores import SPLITS
 from receipt_pipeline.core.settings import environment
 
 JOB_NAME_TAG = "receipt_pipeline/job_name"
@@ -25,7 +27,7 @@ ASSET_JOB = "__ASSET_JOB"
 
 @click.group(cls=CommandGroup)
 def main() -> None:
-    """Train or sweep the LayoutLM token classifier through Dagster."""
+    """Train or sweep the LayoutLM token classifier through Dagster; score a run's checkpoints."""
 
 
 def _dagster_url_option(function):
@@ -184,6 +186,67 @@ def sweep(study: str, trials: int, dagster_url: str | None, wait: bool, **flags)
     best = _materialisation_metadata(result, "best_hyperparameters")
     click.echo(best["all_trials"])
     click.echo(f"best: {best['partition']} (validation F1 {best['validation_f1']:.4f}): {json.dumps(best['params'])}")
+
+
+@main.command("eval-checkpoints")
+@click.option(
+    "--run",
+    "run",
+    required=True,
+    callback=existing_path,
+    help="A training run's folder or s3:// prefix (its checkpoints, best/ and windows_manifest.json).",
+)
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="The windows' split.")
+@click.option(
+    "--windows",
+    default=None,
+    callback=existing_path,
+    help="A windows manifest (JSON file or s3:// object) to score on instead of the run's windows_manifest.json.",
+)
+@click.option(
+    "--output-dir",
+    default=None,
+    help="Where the CSV, JSON and plot go (folder or s3://). Default: <run>/checkpoint_scores/<split> for a local "
+    "run, ./checkpoint_scores/<run name>/<split> for an s3:// one.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the scores and where the files are).")
+def eval_checkpoints(run: str, split: str, windows: str | None, output_dir: str | None, as_json: bool) -> None:
+    """Score every complete checkpoint of a run, and its best model, on the same frozen windows: entity
+    precision, recall and F1 (seqeval, strict IOB2) by step, a table and a plot of F1 by step.
+
+    Runs here, without Dagster; on a GPU if there is one."""
+    from receipt_pipeline.core import checkpoint_scores
+
+    def scored(row) -> None:
+        click.echo(f"scored {row.checkpoint} (step {row.step}): F1 {row.f1:.4f}", err=True)
+
+    scores = checkpoint_scores.score_checkpoints(run, split, windows, on_scored=scored)
+    files = checkpoint_scores.write_scores(scores, output_dir or checkpoint_scores.default_output_dir(run, split))
+    for name in scores.skipped:
+        click.echo(f"skipped {name}: no COMPLETE marker (being written, or cut short)", err=True)
+    if as_json:
+        click.echo(json.dumps({**scores.to_dict(), "files": files}))
+        return
+    click.echo(_scores_table(scores))
+    click.echo("files:")
+    for path in files.values():
+        click.echo(f"  {path}")
+
+
+def _scores_table(scores) -> str:
+    highest = scores.highest()
+    lines = [
+        f"run {scores.run}, {scores.split} split: {scores.receipts} receipts, {scores.windows} windows "
+        f"(windows of {scores.manifest})",
+        f"{'checkpoint':<20} {'step':>7} {'precision':>9} {'recall':>7} {'F1':>7} {'support':>8}",
+    ]
+    for row in [*scores.rows, *([scores.best] if scores.best else [])]:
+        mark = "  * highest F1" if row is highest else ""
+        lines.append(
+            f"{row.checkpoint:<20} {row.step:>7} {row.precision:>9.4f} {row.recall:>7.4f} {row.f1:>7.4f} "
+            f"{row.support:>8}{mark}"
+        )
+    return "\n".join(lines)
 
 
 def _next_partitions(study: str, existing, count: int, name) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from receipt_pipeline.core import storage
 from receipt_pipeline.layoutlm_cli import JOB_NAME_TAG
 from receipt_pipeline_tests.conftest import seeded_receipts_table
+from receipt_pipeline_tests.core.test_checkpoint_scores import PNG_MAGIC, remove_small_run, small_run
 from receipt_pipeline_tests.training_data import sroie_subset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -152,3 +154,64 @@ def test_a_bad_argument_ends_in_one_line_naming_it_and_no_run(local_default, arg
     [line] = done.stderr.strip().splitlines()
     assert named in line and args[-1] in line
     assert len(_runs(local_default["home"])) == before
+
+
+@pytest.fixture(scope="session")
+def small_training_run(tmp_path_factory):
+    """The tiny run test_checkpoint_scores.py scores (trained once a session, by whichever asks first)."""
+    yield small_run(tmp_path_factory)
+    remove_small_run(tmp_path_factory)
+
+
+def _eval_checkpoints_here(*args: str) -> str:
+    """The command in this process: scoring needs torch, which a fresh process takes seconds to import."""
+    from click.testing import CliRunner
+
+    from receipt_pipeline.layoutlm_cli import main
+
+    done = CliRunner().invoke(main, ["eval-checkpoints", *args])
+    assert done.exit_code == 0, done.output
+    return done.stdout
+
+
+def test_eval_checkpoints_prints_the_scores_by_step_marks_the_highest_f1_and_writes_the_files(small_training_run):
+    run, _ = small_training_run
+    out = _eval_checkpoints_here("--run", str(run))
+    folder = run / "checkpoint_scores" / "test"  # the default for a local run
+    document = json.loads((folder / "checkpoint_scores.json").read_text())
+    rows = [line.split() for line in out.splitlines() if line.startswith(("checkpoint-", "best "))]
+    assert [row[0] for row in rows] == ["checkpoint-1", "checkpoint-2", "best"]
+    expected = [*document["checkpoints"], document["best"]]
+    assert [int(row[1]) for row in rows] == [row["step"] for row in expected]
+    assert [row[4] for row in rows] == [f"{row['f1']:.4f}" for row in expected]
+    assert [row[0] for row in rows if "highest" in row] == [document["highest_f1"]]
+    for name in ("checkpoint_scores.csv", "checkpoint_scores.json", "f1_by_step.png"):
+        assert f"  {folder / name}" in out
+    assert (folder / "f1_by_step.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_eval_checkpoints_json_on_another_split_with_given_windows_and_output_folder(small_training_run, tmp_path):
+    run, _ = small_training_run
+    manifest = tmp_path / "windows.json"
+    shutil.copyfile(run / "windows_manifest.json", manifest)
+    args = ["--run", str(run), "--split", "validation", "--windows", str(manifest), "--output-dir", str(tmp_path)]
+    document = json.loads(_eval_checkpoints_here(*args, "--json").strip().splitlines()[-1])
+    assert document["split"] == "validation" and document["manifest"] == str(manifest)
+    assert [row["step"] for row in document["checkpoints"]] == [1, 2] and document["best"]["checkpoint"] == "best"
+    assert document["files"]["csv"] == str(tmp_path / "checkpoint_scores.csv")
+    assert json.loads((tmp_path / "checkpoint_scores.json").read_text()) == {
+        key: value for key, value in document.items() if key != "files"
+    }
+
+
+def test_eval_checkpoints_ends_in_one_line_naming_a_run_it_cannot_score(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for args, named in [
+        (["--run", str(tmp_path)], f"run folder {tmp_path} has no complete checkpoint"),
+        (["--run", str(tmp_path / "absent")], "--run"),
+        (["--run", str(tmp_path), "--split", "train"], "--split"),
+    ]:
+        done = _run_layoutlm_cli(env, "eval-checkpoints", *args)
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert named in line

@@ -1,9 +1,10 @@
 """Training the token classifier with the Hugging Face Trainer, plainly, as run_ner.py does.
 
 A training run has its own folder: ``checkpoints/checkpoint-<step>/`` as the Trainer writes them, each
-marked complete (a ``COMPLETE`` file written last) once fully on disk, and ``best/``, the best model by
-validation F1. A re-run in the same folder resumes from the newest complete checkpoint. With ``sync``,
-every complete checkpoint is copied elsewhere (S3 in prod): safetensors and JSON only, marker last.
+marked complete (a ``COMPLETE`` file written last) once fully on disk, ``best/``, the best model by
+validation F1, and ``windows_manifest.json``, the manifest of the windows it trained on. A re-run in the
+same folder resumes from the newest complete checkpoint. With ``sync``, every complete checkpoint is
+copied elsewhere (S3 in prod): safetensors and JSON only, marker last.
 On SIGTERM or SIGINT (a spot interruption notice) the Trainer saves a checkpoint at the end of the
 current step, it is synced, and :class:`TrainingInterrupted` is raised so the run can be retried.
 """
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from receipt_pipeline.core import base_model, checkpoint_store, memory
+from receipt_pipeline.core import base_model, checkpoint_store, memory, storage
 from receipt_pipeline.core.batching import TokenLoss, WindowCollator, tag_weights, with_label_weights
 from receipt_pipeline.core.box_augmentation import BoxAugmentation
 from receipt_pipeline.core.errors import ExplainedError
@@ -32,6 +33,8 @@ from receipt_pipeline.core.training_options import ENTITY_F1, TrainingOptions
 from receipt_pipeline.core.windows import WindowSet
 
 WEIGHTS_FILE = "model.safetensors"
+# the manifest of the windows a run trained on, in its run folder (and its S3 copy)
+WINDOWS_MANIFEST = "windows_manifest.json"
 
 
 class TrainingError(ExplainedError, RuntimeError):
@@ -279,6 +282,7 @@ def train(
     )
     if main_process:
         print(f"training: {trainer.batch_plan}", flush=True)
+        write_windows_manifest(manifest, run_dir, sync)
 
     def request_stop(signum, frame):
         progress.stop_requested = signal.Signals(signum).name
@@ -352,6 +356,17 @@ def train(
         best_selection=_number(trainer.state.best_metric),
         label_weights=dict(options.label_weights or {}),
     )
+
+
+def write_windows_manifest(manifest: dict, run_dir: Path, sync: Callable[[Path, str], None] | None = None) -> None:
+    """``<run_dir>/windows_manifest.json``, the manifest as given: the frozen windows every checkpoint of the run
+    can be scored on again (``layoutlm-cli eval-checkpoints``). A run synced to S3 gets a copy beside its
+    checkpoints, so its S3 folder alone is enough to score them."""
+    data = json.dumps(manifest, indent=2).encode()
+    storage.write_bytes(str(run_dir / WINDOWS_MANIFEST), data)  # beside its target, then renamed: never half-written
+    # sync(folder, name) copies folders; the manifest is a file of the run folder itself, so it goes up directly
+    if isinstance(sync, checkpoint_store.CheckpointSync):
+        storage.write_bytes(storage.join(sync.run_uri, WINDOWS_MANIFEST), data)
 
 
 def _number(value: float | None) -> float:
