@@ -243,7 +243,11 @@ def _seed_if_empty(receipts: int, seed: int) -> None:
 # one query per image slower than one Scan of the same items (BENCHMARKS.md, the table read)
 DEMO_RUN_CONFIG = {
     "execution": {"config": {"in_process": {}}},
-    "ops": {"raw_receipt_words": {"config": {"strategy": "scan"}}},
+    "ops": {
+        "raw_receipt_words": {"config": {"strategy": "scan"}},
+        # the model's labels for the receipts nobody validated, back in the emulator's table for review
+        "receipt_predictions": {"config": {"scope": "unlabelled", "write_proposals": True}},
+    },
 }
 
 
@@ -288,6 +292,88 @@ def evaluate(checkpoint: str, sroie_dir: str, as_json: bool) -> None:
         click.echo(report.markdown())
 
 
+def field_lines(summary: dict) -> list[str]:
+    """A receipt's fields (inference.receipt_summary), one line each: the value, the words it was read from
+    where they differ, and the confidence."""
+    lines = []
+    for name, field in summary["fields"].items():
+        value, text = field.get("value"), field.get("text")
+        if value is None and not text:
+            continue
+        shown = value if value is not None else "(unreadable)"
+        said = f" from {text!r}" if text and text != value else ""
+        confidence = field.get("confidence")
+        lines.append(f"  {name:<10} {shown}{said}" + (f"  ({confidence:.3f})" if confidence is not None else ""))
+    return lines or ["  (no field found)"]
+
+
+def word_lines(summary: dict) -> list[str]:
+    lines = [f"  {'line':>4} {'word':>4}  {'text':<24} {'label':<16} confidence"]
+    for word in summary["words"]:
+        confidence = word["confidence"]
+        lines.append(
+            f"  {word['line_id']:>4} {word['word_id']:>4}  {word['text']:<24} {word['label'] or 'O':<16} "
+            + (f"{confidence:.3f}" if confidence is not None else "-")
+        )
+    return lines
+
+
+@main.command()
+@click.option(
+    "--checkpoint",
+    required=True,
+    callback=existing_path,
+    help="A model folder or s3:// prefix: the production model's, or one layoutlm_checkpoint wrote.",
+)
+@click.option(
+    "--sroie-dir",
+    required=True,
+    callback=existing_path,
+    help="A SROIE-layout folder (or s3:// prefix) of receipts, or one split of one; entity files are not needed.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object: the model, each receipt's fields with confidences and words with labels, and "
+    "the files it could not use.",
+)
+def predict(checkpoint: str, sroie_dir: str, as_json: bool) -> None:
+    """Label the words of receipts in files (the SROIE layout: <split>/box/*.txt) and extract each receipt's
+    merchant, address, date (ISO 8601) and amounts, least confident receipt first.
+
+    Files or lines that could not be read are listed on stderr (and under "problems" in the JSON); missing or
+    unmatched entity files are not problems here."""
+    from receipt_pipeline.core import inference
+    from receipt_pipeline.core.evaluation import checkpoint_folder
+    from receipt_pipeline.core.sroie import ENTITY_PROBLEMS, read_sroie_folder
+
+    checkpoint_folder(checkpoint)  # a folder that is no model fails here, before the receipts are read
+    sroie = read_sroie_folder(sroie_dir)
+    problems = [problem for problem in sroie.problems if problem.kind not in ENTITY_PROBLEMS]
+    report_problems(problems, "SROIE files or lines")
+    loaded = inference.load_model(checkpoint)
+    predicted = inference.predict_words(loaded, sroie.frame)
+    summaries = [
+        inference.receipt_summary(predicted.receipts, predicted.words, key) for key in predicted.receipts["key"]
+    ]
+    if as_json:
+        unusable = {
+            "count": len(problems),
+            "by_reason": dict(Counter(problem.kind for problem in problems)),
+            "items": [str(problem) for problem in problems],
+        }
+        document = {"model": {"path": checkpoint, "version": loaded.version}, "receipts": summaries}
+        click.echo(json.dumps({**document, "problems": unusable}))
+        return
+    click.echo(f"model {loaded.version} ({checkpoint}): {len(summaries)} receipts, least confident first")
+    for summary in summaries:
+        confidence = summary["confidence"]
+        click.echo(f"\n{summary['key']}" + (f" (confidence {confidence:.3f})" if confidence is not None else ""))
+        for line in field_lines(summary):
+            click.echo(line)
+
+
 @main.command()
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port for the AWS emulator.")
 # the emulator answers a Scan at about 3 ms an item (BENCHMARKS.md, the table read): 40 receipts keep the
@@ -305,10 +391,10 @@ def demo(port: int, receipts: int, seed: int) -> None:
     process, _ = start_emulator_process(port)
     try:
         _seed_if_empty(receipts, seed)
-        # everything the production model needs; the sweep's partitioned trials are not part of the demo
+        # the production model, everything it needs, and its predictions; the sweep's trials are not part of it
         command = [
             sys.executable, "-m", "dagster", "asset", "materialize",
-            "-m", "receipt_pipeline.definitions", "--select", "*production_model",
+            "-m", "receipt_pipeline.definitions", "--select", "*receipt_predictions",
             "--config-json", json.dumps(DEMO_RUN_CONFIG),
         ]  # fmt: skip
         if subprocess.run(command, check=False).returncode != 0:
@@ -343,6 +429,34 @@ def demo(port: int, receipts: int, seed: int) -> None:
     else:
         click.echo("Production model: not promoted (see the f1_not_below_production check in the run's log)")
     click.echo(f"Run history: {home} (browse it with `make dev`)")
+    _print_predictions(assets / "receipt_predictions.json")
+
+
+def _print_predictions(document_path: Path) -> None:
+    """The demo's last words: one unlabelled receipt's fields, and the label proposals written for review."""
+    if not document_path.is_file():
+        click.echo("Predictions: not made (receipt_predictions did not run; see the run's log)")
+        return
+    document = json.loads(document_path.read_text())
+    receipts = document["receipts"]
+    click.echo(
+        f"Predictions on {receipts} {document['scope']} receipt{'' if receipts == 1 else 's'} ({document['words']} "
+        f"words), model {document['model_version']}: {document['folder']}"
+    )
+    if document["examples"]:
+        example = document["examples"][0]
+        click.echo(f"  {example['key']}, the least confident (review priority 1):")
+        for line in field_lines(example):
+            click.echo(f"  {line}")
+    proposals = document["proposals"]
+    if proposals.get("enabled"):
+        click.echo(
+            f"  label proposals written to {document['table']}: {proposals.get('written', 0)} (PENDING, by "
+            f"{proposals['by']}; {proposals.get('already_labelled', 0)} already there, "
+            f"{proposals.get('failed', 0)} failed, confidence at least {proposals['min_confidence']})"
+        )
+    else:
+        click.echo("  label proposals: off")
 
 
 def dagster_dev_command(ui_host: str, ui_port: int) -> list[str]:

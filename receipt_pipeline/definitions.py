@@ -7,7 +7,9 @@ import dagster as dg
 from receipt_pipeline.core.settings import DeploymentSettings
 from receipt_pipeline.defs import (
     evaluation,
+    export,
     gpu_instances,
+    inference,
     ingestion,
     promotion,
     retraining,
@@ -21,7 +23,9 @@ from receipt_pipeline.defs.resources import resources_for
 def build_definitions(settings: DeploymentSettings | None = None) -> dg.Definitions:
     settings = settings or DeploymentSettings.from_env()
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingestion, training_data, training, evaluation, promotion, sweep]),
+        assets=dg.load_assets_from_modules(
+            [ingestion, training_data, training, evaluation, promotion, sweep, inference, export]
+        ),
         asset_checks=[evaluation.f1_not_below_production],
         jobs=[retraining.refresh_training_data, retraining.train_evaluate_promote],
         schedules=[retraining.build_weekly_schedule(settings)],

@@ -1,5 +1,6 @@
-"""``layoutlm-cli``: train or sweep through Dagster from a shell, with the earlier tool's flags, and score every
-checkpoint of a run (``eval-checkpoints``, here, without Dagster).
+"""``layoutlm-cli``: train or sweep through Dagster from a shell, with the earlier tool's flags, score every
+checkpoint of a run (``eval-checkpoints``, here, without Dagster), and predict one receipt of the table
+(``infer``, here).
 
 Without ``--dagster-url`` the run executes here, recorded in the Dagster instance at ``$DAGSTER_HOME``
 (default ``./.dagster_home``, the one `make dev` serves), so it shows in the UI. With ``--dagster-url``
@@ -247,6 +248,225 @@ def _scores_table(scores) -> str:
             f"{row.support:>8}{mark}"
         )
     return "\n".join(lines)
+
+
+def _export_options(function):
+    """--checkpoint-dir | --s3-uri, --output-dir, and the optional windows to check the export on."""
+    options = [
+        click.option(
+            "--checkpoint-dir",
+            default=None,
+            callback=existing_path,
+            help="A model folder the pipeline wrote: a run's best/, a checkpoint, or the production model's folder.",
+        ),
+        click.option(
+            "--s3-uri", default=None, help="The same under an s3:// prefix (e.g. s3://BUCKET/models/production)."
+        ),
+        click.option(
+            "--output-dir",
+            required=True,
+            help="The export's folder (or s3:// prefix): replaced whole, its COMPLETE marker written last.",
+        ),
+        click.option(
+            "--windows",
+            default=None,
+            callback=existing_path,
+            help="A windows manifest (JSON file or s3:// object): check the export's predictions against PyTorch's "
+            "on its --split; without it nothing is compared.",
+        ),
+        click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="--windows' split."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _export_source(checkpoint_dir: str | None, s3_uri: str | None, windows: str | None, split: str):
+    """The model's local folder, its pad token id, and the windows to check on (None without --windows)."""
+    from receipt_pipeline.core import base_model, inference
+    from receipt_pipeline.core.checkpoint_scores import read_manifest
+    from receipt_pipeline.core.windows import WindowSet
+
+    if bool(checkpoint_dir) == bool(s3_uri):
+        raise click.UsageError("give one of --checkpoint-dir and --s3-uri")
+    if s3_uri and not storage.is_s3(s3_uri):
+        raise click.UsageError(f"--s3-uri {s3_uri}: not an s3:// prefix (a local folder goes to --checkpoint-dir)")
+    loaded = inference.load_model(checkpoint_dir or s3_uri)
+    chosen = None
+    if windows:
+        manifest, uri = read_manifest(windows, windows)
+        cut_with = manifest.get("tokenizer", {}).get("fingerprint")
+        if cut_with and cut_with != base_model.tokenizer_fingerprint(loaded.tokenizer):
+            raise click.UsageError(f"--windows {uri} were cut with another tokenizer than the model's")
+        chosen = WindowSet(manifest, split)
+        if not len(chosen):
+            raise click.UsageError(f"--windows {uri} has no {split} windows")
+    return loaded.folder, loaded.pad_token_id, chosen
+
+
+def _write_export(output_dir: str, build) -> str:
+    """``build(folder)`` into ``output_dir``, or, for an s3:// one, into a local folder uploaded markers last."""
+    import tempfile
+    from pathlib import Path
+
+    from receipt_pipeline.core import export
+
+    if not storage.is_s3(output_dir):
+        build(Path(output_dir).expanduser())
+        return output_dir
+    with tempfile.TemporaryDirectory(prefix="layoutlm-export-") as scratch:
+        build(Path(scratch) / "export")
+        export.upload_export(Path(scratch) / "export", output_dir)
+    return output_dir
+
+
+def _parity_line(name: str, result: dict) -> str:
+    return (
+        f"{name}: argmax = PyTorch's on {result['argmax_agreement']:.4%} of {result['tokens']} tokens, entity F1 "
+        f"{result['entity_f1']:.4f} (PyTorch {result['reference_entity_f1']:.4f}, {result['entity_f1_change']:+.4f})"
+    )
+
+
+@main.command("export-onnx")
+@_export_options
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8"]),
+    default=None,
+    help="int8: add model.int8.onnx (onnxruntime's dynamic int8 quantisation) beside the float32 graph.",
+)
+@click.option(
+    "--fuse/--no-fuse",
+    default=True,
+    show_default=True,
+    help="onnxruntime's transformer optimizer (attention, LayerNorm, GELU fusions; the graph then runs in "
+    "onnxruntime only); --no-fuse keeps standard ONNX operators.",
+)
+def export_onnx_command(
+    checkpoint_dir: str | None,
+    s3_uri: str | None,
+    output_dir: str,
+    windows: str | None,
+    split: str,
+    quantize: str | None,
+    fuse: bool,
+) -> None:
+    """Export a model to ONNX (float32, batch and sequence axes dynamic, torch.onnx dynamo), checked with
+    onnxruntime against PyTorch on --windows: a float32 graph whose argmax differs on more than 0.1% of tokens,
+    or whose entity F1 differs by more than 0.001, is not written."""
+    from receipt_pipeline.core import export
+
+    folder, pad_token_id, chosen = _export_source(checkpoint_dir, s3_uri, windows, split)
+    documents = []
+
+    def build(target):
+        documents.append(
+            export.export_onnx(
+                folder, target, quantize_int8=quantize == "int8", fuse=fuse, windows=chosen, pad_token_id=pad_token_id
+            )
+        )
+
+    written = _write_export(output_dir, build)
+    document = documents[0]
+    for precision, file in document["files"].items():
+        click.echo(f"{precision}: {storage.join(written, file['file'])} ({file['bytes'] / 2**20:.1f} MiB)")
+    if document.get("fused_operators"):
+        click.echo("fused: " + ", ".join(f"{name} {count}" for name, count in document["fused_operators"].items()))
+    for precision in ("float32", "int8"):
+        if precision in document.get("parity", {}):
+            click.echo(_parity_line(precision, document["parity"][precision]))
+
+
+@main.command("export-coreml")
+@_export_options
+@click.option(
+    "--quantize",
+    type=click.Choice(["float16", "int8"]),
+    default="float16",
+    show_default=True,
+    help="float16: the ML program computes and stores weights in float16; int8: weights linearly quantised to "
+    "int8 (coremltools.optimize), computing in float16.",
+)
+def export_coreml_command(
+    checkpoint_dir: str | None, s3_uri: str | None, output_dir: str, windows: str | None, split: str, quantize: str
+) -> None:
+    """Convert a model to Core ML (an .mlpackage ML program, float16, batch and sequence as ranges; needs
+    coremltools: pip install 'receipt_pipeline[coreml]'). Its spec and graph are checked here (no float16 op fed
+    an infinite constant); predictions are compared on --windows only where a Core ML runtime exists (macOS)."""
+    from receipt_pipeline.core import export
+
+    folder, pad_token_id, chosen = _export_source(checkpoint_dir, s3_uri, windows, split)
+    documents = []
+
+    def build(target):
+        documents.append(export.export_coreml(folder, target, quantize, windows=chosen, pad_token_id=pad_token_id))
+
+    written = _write_export(output_dir, build)
+    document = documents[0]
+    click.echo(f"{storage.join(written, document['file'])} ({document['bytes'] / 2**20:.1f} MiB, {quantize})")
+    for feature in document["spec"]["inputs"] + document["spec"]["outputs"]:
+        ranges = " x ".join(f"{low}..{high}" for low, high in feature["ranges"]) or "any shape"
+        click.echo(f"  {feature['name']}: {feature['dtype']} {ranges}")
+    click.echo(f"float16 operations fed an infinite constant: {len(document['infinite_constants_feeding_fp16_ops'])}")
+    checked = document.get("parity")
+    if checked and checked.get("status") == "skipped":
+        click.echo(f"predictions not compared: {checked['reason']}")
+    elif checked:
+        click.echo(_parity_line("Core ML", checked))
+
+
+@main.command()
+@click.option("--image-id", required=True, help="The receipt's image (the uuid of its IMAGE#<uuid> partition).")
+@click.option("--receipt-id", type=click.IntRange(min=1), required=True, help="The receipt's number in the image.")
+@click.option(
+    "--model-dir", default=None, callback=existing_path, help="A model folder; default: the production model."
+)
+@click.option("--model-s3-uri", default=None, help="A model's s3:// prefix; default: the production model.")
+@click.option("--table", default=None, help="The receipts table; default: the deployment's (RECEIPTS_TABLE).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: the receipt, its fields and words.")
+def infer(
+    image_id: str, receipt_id: int, model_dir: str | None, model_s3_uri: str | None, table: str | None, as_json: bool
+) -> None:
+    """Predict one receipt of the table: its words with their labels and confidences, and its fields (merchant,
+    address, date as ISO 8601, total and other amounts as decimals). Writes nothing to the table.
+
+    Runs here, on the CPU. The model defaults to the deployment's production model (models/production under
+    its artifacts)."""
+    from receipt_pipeline.cli import field_lines, word_lines
+    from receipt_pipeline.core import inference
+    from receipt_pipeline.core.dynamo_reader import read_receipts_to_predict
+    from receipt_pipeline.core.promotion import production_root
+    from receipt_pipeline.core.settings import DeploymentSettings
+
+    if model_dir and model_s3_uri:
+        raise click.UsageError("--model-dir and --model-s3-uri name two models: give one")
+    if model_s3_uri and not storage.is_s3(model_s3_uri):
+        raise click.BadParameter(f"{model_s3_uri}: not an s3:// URI", param_hint="'--model-s3-uri'")
+    settings = DeploymentSettings.from_env()
+    if settings.deployment == "local" and not environment().AWS_ENDPOINT_URL:
+        raise click.ClickException(
+            "AWS_ENDPOINT_URL is not set: the local deployment reads the emulator's table (receipt-pipeline "
+            "local-aws), never a real one"
+        )
+    source = model_dir or model_s3_uri or production_root(settings.artifact_root)
+    table = table or settings.receipts_table
+    read = read_receipts_to_predict(table, receipts=[(image_id, receipt_id)])
+    if not read.receipts:
+        raise click.ClickException(f"table {table!r} has no receipt {image_id} {receipt_id} with words")
+    loaded = inference.load_model(source)
+    predicted = inference.predict_words(loaded, read.frame)
+    summary = inference.receipt_summary(predicted.receipts, predicted.words, predicted.receipts["key"].iloc[0])
+    if as_json:
+        click.echo(json.dumps({"table": table, "model": {"path": source, "version": loaded.version}, **summary}))
+        return
+    click.echo(f"receipt {image_id} {receipt_id:05d} of table {table}: {len(summary['words'])} words")
+    click.echo(f"model {loaded.version} ({source})")
+    click.echo("fields:")
+    for line in field_lines(summary):
+        click.echo(line)
+    click.echo("words:")
+    for line in word_lines(summary):
+        click.echo(line)
 
 
 def _next_partitions(study: str, existing, count: int, name) -> list[str]:

@@ -94,6 +94,14 @@ def prod_stack(aws_emulator):
 
 
 @pytest.fixture(scope="session")
+def small_production_model(tmp_path_factory) -> Path:
+    """A production model folder of a small model trained once a session (see training_data.py)."""
+    from receipt_pipeline_tests.training_data import small_production_model
+
+    return small_production_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def shared_sroie_dir() -> Path:
     if not (SHARED_SROIE / "train" / "box").is_dir():
         pytest.fail(f"the shared SROIE training split is missing at {SHARED_SROIE}")

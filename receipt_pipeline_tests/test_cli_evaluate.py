@@ -112,3 +112,42 @@ def test_a_checkpoint_that_is_not_there_or_is_no_model_ends_in_one_line_naming_i
     nowhere = str(tmp_path / "no-such-sroie")
     checkpoint = trained[0]
     _one_clear_line(_evaluate("--checkpoint", checkpoint, "--sroie-dir", nowhere), "--sroie-dir", nowhere)
+
+
+def _predict_here(*args: str):
+    """`receipt-pipeline predict` in this process: a fresh one takes seconds to import torch."""
+    from click.testing import CliRunner
+
+    from receipt_pipeline.cli import main
+
+    return CliRunner().invoke(main, ["predict", *args])
+
+
+def test_predict_labels_receipts_in_files_least_confident_first_and_names_the_files_it_cannot_read(
+    small_production_model, shared_sroie_dir, tmp_path
+):
+    from receipt_pipeline.core.training import weights_digest
+
+    folder = sroie_subset(shared_sroie_dir, tmp_path / "sroie", receipts=3) / "train"
+    for entities in (folder / "entities").iterdir():  # new receipts: nobody annotated them
+        entities.unlink()
+    (folder / "box" / "UNREADABLE.txt").write_bytes(bytes(range(256)) * 8)
+
+    done = _predict_here("--checkpoint", str(small_production_model), "--sroie-dir", str(folder.parent), "--json")
+    assert done.exit_code == 0, done.output
+    document = json.loads(done.stdout.strip().splitlines()[-1])
+    assert document["model"]["version"] == weights_digest(small_production_model)
+    receipts = document["receipts"]
+    assert len(receipts) == 3 and [r["review_priority"] for r in receipts] == [1, 2, 3]
+    assert all(r["key"].startswith("sroie/") and r["words"] and "total" in r["fields"] for r in receipts)
+    confidences = [r["confidence"] for r in receipts]
+    assert confidences == sorted(confidences), "least confident first"
+    problems = document["problems"]
+    assert any("UNREADABLE.txt: no_words" in item for item in problems["items"])
+    assert "missing_entity_file" not in problems["by_reason"], "a prediction needs no annotation"
+    assert "UNREADABLE.txt" in done.stderr
+
+    text = _predict_here("--checkpoint", str(small_production_model), "--sroie-dir", str(folder))
+    assert text.exit_code == 0, text.output
+    assert "3 receipts, least confident first" in text.stdout
+    assert all(r["key"] in text.stdout for r in receipts)

@@ -215,3 +215,62 @@ def test_eval_checkpoints_ends_in_one_line_naming_a_run_it_cannot_score(tmp_path
         assert done.returncode != 0 and "Traceback" not in done.stderr
         [line] = done.stderr.strip().splitlines()
         assert named in line
+
+
+def _infer_here(env: dict, *args: str):
+    from click.testing import CliRunner
+
+    from receipt_pipeline.layoutlm_cli import main
+
+    return CliRunner().invoke(main, ["infer", *args], env=env)
+
+
+def test_infer_prints_one_receipts_words_labels_and_fields_with_the_production_model_by_default(
+    receipts_table, small_production_model, tmp_path
+):
+    from receipt_pipeline.core import promotion
+    from receipt_pipeline.core.training import weights_digest
+    from receipt_pipeline_tests.core.test_inference import LINES, receipt_items
+    from receipt_pipeline_tests.dynamo_items import put_items
+
+    image = "aaaaaaaa-3333-4000-8000-000000000001"
+    put_items(receipts_table, receipt_items(image))
+    data = tmp_path / "data"
+    production = promotion.current_production(str(small_production_model))
+    promotion.promote(str(small_production_model), promotion.production_root(str(data)), production)
+    env = {"RECEIPT_PIPELINE_DATA_DIR": str(data), "RECEIPTS_TABLE": receipts_table}
+
+    done = _infer_here(env, "--image-id", image, "--receipt-id", "1", "--json")
+    assert done.exit_code == 0, done.output
+    document = json.loads(done.stdout.strip().splitlines()[-1])
+    assert document["model"] == {
+        "path": promotion.production_root(str(data)),
+        "version": weights_digest(data / "models" / "production"),
+    }
+    assert document["table"] == receipts_table and document["key"] == f"dynamo/{image}/00001"
+    assert [word["text"] for word in document["words"]] == [word for line in LINES for word in line]
+    assert all(0 < word["confidence"] <= 1 for word in document["words"])
+    assert {"merchant", "address", "date", "total"} <= set(document["fields"])
+
+    text = _infer_here(env, "--image-id", image, "--receipt-id", "1", "--model-dir", str(small_production_model))
+    assert text.exit_code == 0, text.output
+    assert f"receipt {image} 00001 of table {receipts_table}: 8 words" in text.stdout
+    assert "fields:" in text.stdout and "RM9.50" in text.stdout and "confidence" in text.stdout
+
+
+def test_infer_ends_in_one_line_naming_a_receipt_or_model_it_cannot_use(receipts_table, small_production_model):
+    env = {"RECEIPTS_TABLE": receipts_table}
+    model = ["--model-dir", str(small_production_model)]
+    for args, named in [
+        (
+            ["--image-id", "aaaaaaaa", "--receipt-id", "3", *model],
+            f"table {receipts_table!r} has no receipt aaaaaaaa 3",
+        ),
+        (["--image-id", "a", "--receipt-id", "1", *model, "--model-s3-uri", "s3://b/m"], "give one"),
+        (["--image-id", "a", "--receipt-id", "1", "--model-s3-uri", "/a/folder"], "not an s3:// URI"),
+        (["--image-id", "a", "--receipt-id", "0", *model], "--receipt-id"),
+    ]:
+        done = _infer_here(env, *args)
+        assert done.exit_code != 0 and "Traceback" not in done.output, done.output
+        [line] = done.output.strip().splitlines()
+        assert named in line, line

@@ -53,3 +53,19 @@ def build_manifest(frames, folder: Path, options: bio.SplitOptions | None = None
 
 def sroie_frame(folder: Path):
     return read_sroie(str(folder)).frame
+
+
+def small_production_model(tmp_path_factory) -> Path:
+    """A production model's folder (model files and production.json, as promotion writes it) holding the best
+    model of the session's small training run, which test_checkpoint_scores.py trains once and shares on disk.
+    Its few steps teach it little: tests of what runs on a model, not of what it knows."""
+    from receipt_pipeline.core import promotion
+    from receipt_pipeline.core.training import weights_digest
+    from receipt_pipeline_tests.core.test_checkpoint_scores import small_run
+
+    run, _ = small_run(tmp_path_factory)
+    root = tmp_path_factory.getbasetemp() / "small-production-model"
+    if not (root / promotion.MANIFEST).is_file():
+        best = run / "best"
+        promotion.promote(str(best), str(root), {"checkpoint": {"version": weights_digest(best), "path": str(best)}})
+    return root

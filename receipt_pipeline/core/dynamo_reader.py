@@ -15,6 +15,7 @@ share of what was read.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -45,6 +46,7 @@ from receipt_pipeline.core.dynamo_schema import (
     parse_label,
     parse_word,
     receipt_key_of,
+    receipt_sk,
     validation_status_gsi3pk,
     word_key_of,
 )
@@ -133,6 +135,14 @@ def _pages(client, operation: str, tally: _Tally, **kwargs) -> Iterator[dict[str
         raise explained from error
 
 
+# what each index is queried for, said when a table lacks it
+INDEX_USES = {
+    "GSI3": "the 'gsi3' read strategy, the label snapshot and the prediction read query it by validation status "
+    "(GSI3PK = VALIDATION_STATUS#<status>)",
+    "GSITYPE": "the prediction read lists the table's receipts through it (TYPE = RECEIPT)",
+}
+
+
 def _missing_table_or_index(error: ClientError, client, table: str, index: str | None) -> ReceiptReadError | None:
     """A clear error for a table or index that does not exist; None for any other error."""
     code = error.response.get("Error", {}).get("Code", "")
@@ -146,9 +156,9 @@ def _missing_table_or_index(error: ClientError, client, table: str, index: str |
     )
     if index_missing:
         return ReceiptReadError(
-            f"table {table!r} has no index {index!r} {said}: the 'gsi3' read strategy and the label snapshot "
-            f"query it by validation status ({index}PK = VALIDATION_STATUS#<status>). Create the index as the "
-            "schema describes, or read with strategy 'scan', which needs no index"
+            f"table {table!r} has no index {index!r} {said}: {INDEX_USES.get(index, 'the reader queries it')}. "
+            "Create the index as the schema describes"
+            + (", or read with strategy 'scan', which needs no index" if index == "GSI3" else "")
         )
     if code == "ResourceNotFoundException":
         return ReceiptReadError(
@@ -521,3 +531,226 @@ def label_snapshot(table: str, status: str = SNAPSHOT_STATUS, client=None) -> La
     for item in _labels_with_status(client, table, status, tally, *SNAPSHOT_ATTRIBUTES):
         counter.add(item)
     return counter.snapshot(status, tally.items)
+
+
+# ------------------------------------------------------------------------------------------ receipts to predict on
+
+# unlabelled: receipts with words and no VALID label; all: every receipt; since_last_run: receipts added after a time
+PredictionScope = Literal["unlabelled", "all", "since_last_run"]
+PREDICTION_SCOPES = ("unlabelled", "all", "since_last_run")
+# since_last_run reads this far back before the previous read began: a receipt written just before it may not
+# have reached the GSITYPE index yet (it is eventually consistent), and its writer's clock is not ours. A
+# receipt read twice costs a prediction; its proposals are written once whatever happens
+SINCE_OVERLAP_SECONDS = 600.0
+
+
+@dataclass
+class PredictionRead:
+    """The words of the receipts chosen for prediction, as a word table whose ``labels`` are each word's VALID
+    labels (``label`` is null: nothing here is training data), and what choosing and reading them found."""
+
+    frame: pd.DataFrame
+    table: str
+    scope: str
+    started_at: str  # when the read began (UTC, ISO 8601): the next since_last_run reads receipts added after it
+    receipts_in_table: int
+    receipts_chosen: int
+    receipts: int  # chosen and holding at least one usable word
+    receipts_without_words: list[str]  # receipt keys (word_table.receipt_key) chosen but with no usable word
+    undated_receipts: int  # since_last_run: receipts without a readable timestamp_added, read all the same
+    items_read: int
+    requests: int
+    skipped: Counter = field(default_factory=Counter)
+    skipped_keys: list[str] = field(default_factory=list)
+    receipt_added: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+
+def table_receipts(client, table: str, tally: _Tally) -> dict[ReceiptKey, str | None]:
+    """Every receipt of the table and its ``timestamp_added`` (None when it has no string one), through the
+    GSITYPE index: the receipts alone, not the words and labels that share their partitions."""
+    receipts: dict[ReceiptKey, str | None] = {}
+    names = {"#type": "TYPE", "#pk": "PK", "#sk": "SK", "#added": "timestamp_added"}
+    for item in _pages(
+        client,
+        "query",
+        tally,
+        TableName=table,
+        IndexName="GSITYPE",
+        KeyConditionExpression="#type = :receipt",
+        ExpressionAttributeNames=names,
+        ExpressionAttributeValues={":receipt": {"S": RECEIPT}},
+        ProjectionExpression="#pk, #sk, #added",
+    ):
+        key = receipt_key_of(item)
+        if key is not None:
+            stamp = item.get("timestamp_added")
+            receipts[key] = stamp if isinstance(stamp, str) else None
+    return receipts
+
+
+def receipts_with_valid_labels(client, table: str, tally: _Tally) -> set[ReceiptKey]:
+    """Receipts holding at least one VALID label, from the GSI3 validation-status index (keys only)."""
+    found = set()
+    for item in _labels_with_status(client, table, SNAPSHOT_STATUS, tally, "PK", "SK"):
+        key = word_key_of(item)
+        if key is not None:
+            found.add(key[:2])
+    return found
+
+
+def _receipt_items(client, table: str, receipt: ReceiptKey, tally: _Tally) -> list[dict[str, Any]]:
+    """One receipt's words and labels: its key range of the image partition, filtered on the server."""
+    image_id, receipt_id = receipt
+    return list(
+        _pages(
+            client,
+            "query",
+            tally,
+            TableName=table,
+            KeyConditionExpression="PK = :pk AND begins_with(SK, :receipt)",
+            FilterExpression="#type IN (:word, :label)",
+            ExpressionAttributeNames={"#type": "TYPE"},
+            ExpressionAttributeValues={
+                ":pk": {"S": image_pk(image_id)},
+                ":receipt": {"S": f"{receipt_sk(receipt_id)}#"},  # not RECEIPT#00010 for receipt 1
+                ":word": {"S": RECEIPT_WORD},
+                ":label": {"S": RECEIPT_WORD_LABEL},
+            },
+        )
+    )
+
+
+def _prediction_partial(items: Iterable[Mapping[str, Any]], tolerance: float) -> _Partial:
+    """The words of one receipt with their VALID labels; a bad item is skipped and counted, as in :func:`assemble`."""
+    partial = _Partial()
+    words: dict[WordKey, Word] = {}
+    valid: dict[WordKey, set[str]] = defaultdict(set)
+    seen: set[str] = set()
+    for item in items:
+        partial.considered += 1
+        identity = item_key(item)
+        if identity in seen:
+            partial.skip("duplicate_item", identity, "the same key was read twice")
+            continue
+        seen.add(identity)
+        try:
+            if _item_type(item) == RECEIPT_WORD:
+                word = parse_word(item, tolerance)
+                words[word.key] = word
+            else:
+                label = parse_label(item)
+                if label.validation_status == SNAPSHOT_STATUS:
+                    valid[label.key].add(label.label)
+        except BadItem as error:
+            partial.skip(error.reason, error.key, error.detail)
+    columns = partial.columns
+    for key in sorted(words):
+        word = words[key]
+        partial.receipts.add(key[:2])
+        row = {
+            "source": word_table.SOURCE_DYNAMO,
+            "source_split": None,
+            "image_id": key[0],
+            "receipt_id": key[1],
+            "line_id": key[2],
+            "word_id": key[3],
+            "text": word.text,
+            "x0": word.x0,
+            "y0": word.y0,
+            "x1": word.x1,
+            "y1": word.y1,
+            "confidence": word.confidence,
+            "labels": sorted(valid.get(key, ())),
+            "label": None,
+        }
+        for name, value in row.items():
+            columns[name].append(value)
+    return partial
+
+
+def read_receipts_to_predict(
+    table: str,
+    scope: PredictionScope = "unlabelled",
+    *,
+    since: str | None = None,
+    receipts: Sequence[ReceiptKey] | None = None,
+    client=None,
+    read_parallelism: int = 8,
+    coordinate_tolerance: float = 0.01,
+    max_bad_share: float = 0.05,
+) -> PredictionRead:
+    """The words of the receipts ``scope`` chooses (or of ``receipts``, when given), each receipt read by one
+    query of its own key range, in parallel.
+
+    The receipts are listed through the GSITYPE index; ``unlabelled`` leaves out those the GSI3 index shows
+    with a VALID label, ``since_last_run`` those whose ``timestamp_added`` is not after ``since`` less
+    SINCE_OVERLAP_SECONDS (all of them when ``since`` is None; a receipt whose time cannot be read is kept and
+    counted). A receipt without a
+    usable word is named, not predicted. Fails like :func:`read_receipt_words` when bad items pass
+    ``max_bad_share`` of the items read; an empty choice is no error.
+    """
+    if scope not in PREDICTION_SCOPES:
+        raise ValueError(f"unknown prediction scope {scope!r}: expected one of {', '.join(PREDICTION_SCOPES)}")
+    started_at = dt.datetime.now(dt.UTC).isoformat()
+    client = client or aws.client("dynamodb", max_pool_connections=max(10, read_parallelism * 2))
+    tally = _Tally()
+    undated = 0
+    if receipts is not None:
+        chosen = sorted(set(receipts))
+        listed: dict[ReceiptKey, str | None] = dict.fromkeys(chosen)
+    else:
+        listed = table_receipts(client, table, tally)
+        chosen = sorted(listed)
+        if scope == "unlabelled":
+            labelled = receipts_with_valid_labels(client, table, tally)
+            chosen = [key for key in chosen if key not in labelled]
+        elif scope == "since_last_run" and since is not None:
+            after = _sortable(since) - SINCE_OVERLAP_SECONDS
+            times = {key: _sortable(listed[key]) for key in chosen}
+            # a receipt that cannot be dated is read every time rather than never
+            undated = sum(1 for moment in times.values() if moment == float("-inf"))
+            chosen = [key for key in chosen if times[key] == float("-inf") or times[key] > after]
+
+    def read(receipt: ReceiptKey) -> _Partial:
+        return _prediction_partial(_receipt_items(client, table, receipt, tally), coordinate_tolerance)
+
+    with ThreadPoolExecutor(max_workers=read_parallelism, thread_name_prefix="dynamo-predict-read") as pool:
+        partials = list(pool.map(read, chosen))
+    columns = {name: [value for p in partials for value in p.columns[name]] for name in word_table.COLUMNS}
+    skipped = sum((p.skipped for p in partials), Counter())
+    considered = sum(p.considered for p in partials)
+    read_receipts = set().union(*(p.receipts for p in partials)) if partials else set()
+    result = PredictionRead(
+        frame=word_table.to_frame(columns),
+        table=table,
+        scope="receipts" if receipts is not None else scope,
+        started_at=started_at,
+        receipts_in_table=len(listed),
+        receipts_chosen=len(chosen),
+        receipts=len(read_receipts),
+        receipts_without_words=[
+            word_table.receipt_key(word_table.SOURCE_DYNAMO, *key) for key in chosen if key not in read_receipts
+        ],
+        undated_receipts=undated,
+        items_read=tally.items,
+        requests=tally.requests,
+        skipped=skipped,
+        skipped_keys=[key for p in partials for key in p.skipped_keys][:MAX_LISTED_BAD_KEYS],
+        receipt_added={
+            word_table.receipt_key(word_table.SOURCE_DYNAMO, *key): stamp
+            for key in sorted(read_receipts)
+            if (stamp := listed.get(key))
+        },
+    )
+    bad_share = result.skipped_total / max(1, considered)
+    if bad_share > max_bad_share:
+        raise ReceiptReadError(
+            f"table {table!r}: {result.skipped_total} of {considered} items of the receipts to predict on are bad "
+            f"({bad_share:.1%} > the {max_bad_share:.1%} threshold): {dict(skipped)}; "
+            f"the bad items: {'; '.join(result.skipped_keys)}"
+        )
+    return result

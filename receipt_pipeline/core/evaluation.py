@@ -152,9 +152,21 @@ def extract_fields(words: Sequence[str], tags: Sequence[str], field_labels: Mapp
     """SROIE fields from tagged words: the address is all of its words; the total the amount the receipt calls
     the total (the last one after a cue such as TOTAL that no SUBTOTAL, TAX or CASH qualifies, else the last
     one: the payable total sits below subtotals); the company its first span, adjacent spans joined, without
-    a registration number; the date its first span."""
-    entities: dict[str, list[tuple[int, list[str]]]] = {}
-    for index, (word, tag) in enumerate(zip(words, tags, strict=True)):
+    a registration number; the date its first span. Any other field is its label's first span."""
+    fields = {}
+    for field, chosen in field_words(words, tags, field_labels).items():
+        text = " ".join(words[index] for index in chosen)
+        fields[field] = REGISTRATION.sub("", text).strip() if field == "company" else text
+    return fields
+
+
+def field_words(words: Sequence[str], tags: Sequence[str], field_labels: Mapping[str, str]) -> dict[str, list[int]]:
+    """The indices of the words each field of :func:`extract_fields` is made of (none where its label has no
+    word): what a field's confidence is read from."""
+    if len(tags) != len(words):
+        raise ValueError(f"{len(tags)} tags for {len(words)} words")
+    entities: dict[str, list[tuple[int, list[int]]]] = {}
+    for index, tag in enumerate(tags):
         if tag == OUTSIDE:
             continue
         label = tag[2:]
@@ -162,27 +174,27 @@ def extract_fields(words: Sequence[str], tags: Sequence[str], field_labels: Mapp
         adjacent = bool(runs) and runs[-1][0] + len(runs[-1][1]) == index
         if tag.startswith("B-") or not adjacent:
             runs.append((index, []))
-        runs[-1][1].append(word)
-    fields = {}
+        runs[-1][1].append(index)
+    chosen: dict[str, list[int]] = {}
     for field, label in field_labels.items():
         runs = entities.get(label, [])
         if not runs:
-            fields[field] = ""
+            chosen[field] = []
         elif field == "address":
-            fields[field] = " ".join(word for _, run in runs for word in run)
+            chosen[field] = [index for _, run in runs for index in run]
         elif field == "total":
             called = [run for start, run in runs if _called_total(words, start)]
-            fields[field] = " ".join((called or [run for _, run in runs])[-1])
+            chosen[field] = list((called or [run for _, run in runs])[-1])
         elif field == "company":
             first, *rest = runs
             span = list(first[1])
             for start, run in rest:  # a span the tagger broke in two (B- inside the name)
                 if start == first[0] + len(span):
                     span += run
-            fields[field] = REGISTRATION.sub("", " ".join(span)).strip()
+            chosen[field] = span
         else:
-            fields[field] = " ".join(runs[0][1])
-    return fields
+            chosen[field] = list(runs[0][1])
+    return chosen
 
 
 def _called_total(words: Sequence[str], start: int, reach: int = 3) -> bool:
@@ -556,8 +568,8 @@ def evaluate_sroie_folder(checkpoint: str, sroie_dir: str, work_dir: str) -> Fol
     import json
     from pathlib import PurePosixPath
 
-    from receipt_pipeline.core import base_model, bio, storage
-    from receipt_pipeline.core.sroie import read_sroie
+    from receipt_pipeline.core import base_model, bio
+    from receipt_pipeline.core.sroie import read_sroie_folder
     from receipt_pipeline.core.windows import WindowOptions, write_windows
 
     location = str(checkpoint_folder(checkpoint))
@@ -570,12 +582,7 @@ def evaluate_sroie_folder(checkpoint: str, sroie_dir: str, work_dir: str) -> Fol
     unknown = sorted(set(sroie_labels.values()) - set(model_labels))
     if unknown:
         raise ValueError(f"checkpoint {checkpoint} has no label for SROIE's {unknown}; it knows {model_labels}")
-    root = sroie_dir.rstrip("/")
-    if storage.is_dir(storage.join(root, "box")):
-        parent, name = root.rsplit("/", 1) if storage.is_s3(root) else (str(Path(root).parent), Path(root).name)
-        sroie = read_sroie(parent, [name])
-    else:
-        sroie = read_sroie(root)
+    sroie = read_sroie_folder(sroie_dir)
     options = bio.SplitOptions(shares=(0.0, 0.0, 1.0), entity_share_target=0, sroie_labels=sroie_labels)
     split = bio.build_split([sroie.frame], options)
     tokenizer = base_model.load_tokenizer(location)

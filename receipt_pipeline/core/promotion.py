@@ -31,6 +31,11 @@ class PromotionError(ExplainedError, RuntimeError):
     pass
 
 
+def production_root(artifact_root: str) -> str:
+    """Where a deployment keeps its production model: ``models/production`` under its artifacts."""
+    return storage.join(artifact_root, "models", "production")
+
+
 def current_production(root: str) -> dict | None:
     """The manifest of the production model under ``root``, or None when none was promoted yet."""
     manifest = storage.join(root, MANIFEST)

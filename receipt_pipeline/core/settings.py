@@ -52,6 +52,7 @@ class Variables(BaseModel):
     RECEIPT_PIPELINE_PROMOTION_TOLERANCE: NonNegativeFloat = DEFAULT_PROMOTION_TOLERANCE
     RECEIPT_PIPELINE_PROMOTION_MAX_LABEL_DROP: NonNegativeFloat = DEFAULT_PROMOTION_MAX_LABEL_DROP
     RECEIPT_PIPELINE_ALLOW_LABEL_CHANGE: bool = False
+    RECEIPT_PIPELINE_WRITE_PROPOSALS: bool | None = None
     # where things go on this machine
     RECEIPT_PIPELINE_SCRATCH: str | None = None  # local copies of runs whose folders live in S3
     RECEIPT_PIPELINE_MODEL_CACHE: str | None = None  # base models fetched from S3
@@ -127,6 +128,9 @@ class DeploymentSettings:
     # the sweeps' Optuna study: SQLite beside the artifacts locally; the prod Postgres (a URL with its
     # password, so from the environment or a secret, never from config files)
     optuna_storage: str | None = None
+    # whether receipt_predictions writes its labels to the table as PENDING proposals: on for the local
+    # emulator's table, off in prod unless RECEIPT_PIPELINE_WRITE_PROPOSALS says so (it needs a write policy)
+    write_proposals: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DeploymentSettings:
@@ -158,6 +162,7 @@ class DeploymentSettings:
                 base_model=env.RECEIPT_PIPELINE_BASE_MODEL or "compact",
                 max_train_minutes=LOCAL_MAX_TRAIN_MINUTES if minutes is None else minutes,
                 optuna_storage=env.RECEIPT_PIPELINE_OPTUNA_STORAGE or f"sqlite:///{data_dir / 'optuna.sqlite'}",
+                write_proposals=env.RECEIPT_PIPELINE_WRITE_PROPOSALS is not False,
                 **common,
             )
         missing = [name for name in ("RECEIPTS_TABLE", "RECEIPT_PIPELINE_BUCKET") if not getattr(env, name)]
@@ -170,5 +175,6 @@ class DeploymentSettings:
             base_model=env.RECEIPT_PIPELINE_BASE_MODEL or PROD_BASE_MODEL,
             max_train_minutes=env.RECEIPT_PIPELINE_MAX_TRAIN_MINUTES,
             optuna_storage=env.RECEIPT_PIPELINE_OPTUNA_STORAGE,
+            write_proposals=bool(env.RECEIPT_PIPELINE_WRITE_PROPOSALS),
             **common,
         )

@@ -44,7 +44,16 @@ from rapidfuzz import fuzz, process
 from receipt_pipeline.core import storage
 from receipt_pipeline.core.word_table import COLUMNS, REFERENCE_FIELDS_ATTR, SOURCE_SROIE, receipt_key, to_frame
 
-__all__ = ["ENTITY_FIELDS", "LABEL_BY_FIELD", "EntityCount", "Problem", "SroieResult", "read_sroie"]
+__all__ = [
+    "ENTITY_FIELDS",
+    "ENTITY_PROBLEMS",
+    "LABEL_BY_FIELD",
+    "EntityCount",
+    "Problem",
+    "SroieResult",
+    "read_sroie",
+    "read_sroie_folder",
+]
 
 ENTITY_FIELDS = ("company", "date", "address", "total")
 LABEL_BY_FIELD = {"company": "COMPANY", "date": "DATE", "address": "ADDRESS", "total": "TOTAL"}
@@ -174,6 +183,29 @@ def read_sroie(root: str, splits: Sequence[str] | None = None) -> SroieResult:
         problems=problems,
         entities=entities,
     )
+
+
+# problems with the annotations alone: the words are read whole, which is all a prediction needs
+ENTITY_PROBLEMS = frozenset(
+    {
+        "missing_entity_folder",
+        "missing_entity_file",
+        "missing_box_file",
+        "unparsable_entities",
+        "missing_entity_field",
+        "empty_entity_field",
+        "entity_not_found",
+    }
+)
+
+
+def read_sroie_folder(folder: str) -> SroieResult:
+    """:func:`read_sroie` of a SROIE-layout folder (every split in it), or of one split folder itself."""
+    root = str(folder).rstrip("/")
+    if storage.is_dir(storage.join(root, BOX_FOLDER)):
+        parent, name = root.rsplit("/", 1) if storage.is_s3(root) else (str(Path(root).parent), Path(root).name)
+        return read_sroie(parent, [name])
+    return read_sroie(root)
 
 
 def _list_split_files(root: str) -> dict[str, dict[str, dict[str, str]]]:

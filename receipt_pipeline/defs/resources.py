@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from receipt_pipeline.core import storage
+from receipt_pipeline.core.promotion import production_root
 from receipt_pipeline.core.settings import DeploymentSettings, SettingsError, environment
 
 
@@ -29,11 +30,13 @@ class PipelineSettings(dg.ConfigurableResource):
     allow_label_change: bool = False
     # the sweeps' Optuna study database (an SQLAlchemy URL); None in prod until RECEIPT_PIPELINE_OPTUNA_STORAGE is set
     optuna_storage: str | None = None
+    # receipt_predictions' default for writing label proposals to the table (its config can override it)
+    write_proposals: bool = False
 
     @property
     def production_model_root(self) -> str:
         """Where the production model lives: s3://<bucket>/models/production in prod, a folder locally."""
-        return storage.join(self.artifact_root, "models", "production")
+        return production_root(self.artifact_root)
 
     @classmethod
     def from_deployment(cls, settings: DeploymentSettings) -> PipelineSettings:
@@ -49,6 +52,7 @@ class PipelineSettings(dg.ConfigurableResource):
             promotion_max_label_drop=settings.promotion_max_label_drop,
             allow_label_change=settings.allow_label_change,
             optuna_storage=settings.optuna_storage,
+            write_proposals=settings.write_proposals,
         )
 
     def require_aws(self) -> None:

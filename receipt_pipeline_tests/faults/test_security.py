@@ -330,6 +330,8 @@ RUNS_ON = {
     "receipt_pipeline/cli.py": set(),
     "receipt_pipeline/core/local_aws.py": set(),
     "receipt_pipeline/core/synthetic.py": set(),
+    # opt-in, off in prod: the host runs it once the operator attaches the README's write policy (tested below)
+    "receipt_pipeline/core/proposals.py": set(),
 }
 # IAM actions of an operation where they are not "<service>:<Operation>"
 IMPLIED = {
@@ -456,6 +458,26 @@ def test_the_stacks_policies_allow_exactly_the_aws_calls_each_principal_makes(pr
         HOST: [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"}],
         INSTANCE: [],
     }
+
+
+def _readme_proposal_policy() -> dict:
+    section = (REPO_ROOT / "README.md").read_text().split("### IAM: the label-proposal writer", 1)[1]
+    return json.loads(section.split("```json", 1)[1].split("```", 1)[0])
+
+
+def test_the_readmes_proposal_policy_allows_exactly_the_writers_calls_and_item_shape():
+    from receipt_pipeline.core import proposals
+
+    [statement] = _readme_proposal_policy()["Statement"]
+    needed = {action for service, operation in _operations_by_module()["receipt_pipeline/core/proposals.py"]
+              for action in _iam_actions(service, operation)}  # fmt: skip
+    assert needed == set(_listed(statement["Action"])) == {"dynamodb:PutItem"}
+    assert statement["Resource"].endswith(":table/RECEIPTS_TABLE"), "the table, not its indexes"
+    condition = statement["Condition"]
+    assert condition["ForAllValues:StringLike"] == {"dynamodb:LeadingKeys": ["IMAGE#*"]}
+    item = proposals.proposal_item(proposals.Proposal(("0a", 1, 1, 1), "TAX", 0.9), "v", "2026-01-01T00:00:00")
+    assert set(condition["ForAllValues:StringEquals"]["dynamodb:Attributes"]) == set(item)
+    assert item["PK"].startswith("IMAGE#")
 
 
 def _ec2_arn(stack, resource: str) -> str:
