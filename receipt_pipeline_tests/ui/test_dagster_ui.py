@@ -173,6 +173,29 @@ def _scroll_to_metadata(driver, key: str) -> None:
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", row)
 
 
+def _open_markdown(driver, key: str) -> None:
+    """Opens the ``[Show Markdown]`` dialog of metadata entry ``key``."""
+    from selenium.webdriver.common.by import By
+
+    [row] = driver.find_elements(By.XPATH, f"//tr[td[1][normalize-space()='{key}']]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", row)
+    # the element whose own text it is: its ancestors in the cell have the same text content
+    links = row.find_elements(By.XPATH, ".//*[normalize-space(text())='[Show Markdown]']")
+    assert links, f"{key}: no [Show Markdown] link in its row"
+    links[0].click()
+
+
+def _rendered_images(driver) -> dict[str, tuple[int, int]]:
+    """The pictures the page has decoded, by alt text: an image the browser could not decode (or a src the
+    Markdown sanitiser stripped) has no natural size and is left out."""
+    drawn = driver.execute_script(
+        "return Array.from(document.images)"
+        ".filter(i => i.complete && i.naturalWidth > 0 && i.src.startsWith('data:image/png'))"
+        ".map(i => [i.alt, i.naturalWidth, i.naturalHeight]);"
+    )
+    return {alt: (width, height) for alt, width, height in drawn}
+
+
 def _shot(driver, name: str) -> None:
     time.sleep(1)  # let the graph's layout settle
     driver.save_screenshot(str(ARTIFACTS / name))
@@ -219,6 +242,12 @@ def test_materialize_all_in_the_browser_and_read_the_reports_f1(dagster_dev, bro
     assert _metadata_value(browser, "checkpoint_version") == checkpoint_version
     _scroll_to_metadata(browser, "entity_f1")
     _shot(browser, "03-evaluation-report.png")
+    _open_markdown(browser, "report")
+    pictures = _wait(lambda: _rendered_images(browser), 60, "the report's pictures in its Markdown")
+    assert set(pictures) == {"per-label F1", "confusion matrix"}, pictures
+    for title, (width, height) in pictures.items():
+        assert width >= 200 and height >= 200, f"{title} drawn {width}x{height}"
+    _shot(browser, "03b-evaluation-report-markdown.png")
 
     # the README's walk from the production model back to its data
     browser.get(url + "/assets/production_model")
