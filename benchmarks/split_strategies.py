@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.sroie_training import SHARED_SROIE
+from benchmarks.sroie_training import SHARED_SROIE, compact_windows
 
 SHARES = (0.7, 0.1, 0.2)  # train, validation (early stopping), held back
 SYNTHETIC_RECEIPTS = 400
@@ -85,21 +85,12 @@ def field_f1_of(rows: list[dict], fields: list[str]) -> tuple[float, int]:
 def train_and_score(split, work: Path, minutes: float) -> dict:
     """One split trained at the budget with every training default, and its test receipts scored."""
     from receipt_pipeline.core import bio
-    from receipt_pipeline.core.base_model import COMPACT, load_tokenizer, tokenizer_fingerprint
+    from receipt_pipeline.core.base_model import COMPACT
     from receipt_pipeline.core.evaluation import evaluate
     from receipt_pipeline.core.training import train
     from receipt_pipeline.core.training_options import TrainingOptions
-    from receipt_pipeline.core.windows import WindowOptions, write_windows
 
-    tokenizer = load_tokenizer(COMPACT)
-    manifest, _ = write_windows(
-        split.table.to_batches(),
-        tokenizer,
-        split.labels,
-        str(work / "windows"),
-        WindowOptions(),
-        settings={"tokenizer": {"base_model": COMPACT, "fingerprint": tokenizer_fingerprint(tokenizer)}},
-    )
+    tokenizer, manifest, _ = compact_windows(split, work)
     options = TrainingOptions(base_model=COMPACT, max_train_minutes=minutes).resolved()
     started = time.monotonic()
     result = train(manifest, work / "run", options, tokenizer=tokenizer)

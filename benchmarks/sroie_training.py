@@ -26,9 +26,7 @@ def sroie_windows(work: Path, entity_share_target: float = 0.0, receipts: int | 
     """The shared SROIE split (or its first ``receipts``), split by receipt and cut into the compact
     tokenizer's windows under ``work``."""
     from receipt_pipeline.core import bio
-    from receipt_pipeline.core.base_model import COMPACT, load_tokenizer, tokenizer_fingerprint
     from receipt_pipeline.core.sroie import read_sroie
-    from receipt_pipeline.core.windows import WindowOptions, write_windows
 
     source = SHARED_SROIE
     if receipts:
@@ -39,6 +37,15 @@ def sroie_windows(work: Path, entity_share_target: float = 0.0, receipts: int | 
     split = bio.build_split(
         [sroie.frame], bio.SplitOptions(shares=SHARES, seed=42, entity_share_target=entity_share_target)
     )
+    return (sroie, split, *compact_windows(split, work))
+
+
+def compact_windows(split, work: Path):
+    """A split cut into the compact tokenizer's windows (``WindowOptions()``) under ``work``: the tokenizer, the
+    manifest and the statistics per split."""
+    from receipt_pipeline.core.base_model import COMPACT, load_tokenizer, tokenizer_fingerprint
+    from receipt_pipeline.core.windows import WindowOptions, write_windows
+
     tokenizer = load_tokenizer(COMPACT)
     manifest, stats = write_windows(
         split.table.to_batches(),
@@ -48,7 +55,7 @@ def sroie_windows(work: Path, entity_share_target: float = 0.0, receipts: int | 
         WindowOptions(),
         settings={"tokenizer": {"base_model": COMPACT, "fingerprint": tokenizer_fingerprint(tokenizer)}},
     )
-    return sroie, split, tokenizer, manifest, stats
+    return tokenizer, manifest, stats
 
 
 def run(minutes: float = 20.0, split_overrides: dict | None = None, **overrides) -> dict:

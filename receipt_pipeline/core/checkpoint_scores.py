@@ -329,6 +329,8 @@ def f1_by_step_png(scores: CheckpointScores) -> bytes:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from receipt_pipeline.core.evaluation import figure_png
+
     steps = [row.step for row in scores.rows]
     figure, axes = plt.subplots(figsize=(7.0, 4.0))
     axes.plot(steps, [row.f1 for row in scores.rows], marker="o", color="#3b75af", label="F1")
@@ -346,11 +348,7 @@ def f1_by_step_png(scores: CheckpointScores) -> bytes:
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(figure, dpi=90)
 
 
 def write_scores(scores: CheckpointScores, output_dir: str) -> dict[str, str]:

@@ -299,6 +299,28 @@ def _choose_label(labels: list[WordLabel], options: ReadOptions) -> tuple[str | 
 _sortable = word_table.sortable_time
 
 
+def _append_word(columns: dict[str, list], key: WordKey, word: Word, labels, label: str | None) -> None:
+    """One word-table row (``word_table.COLUMNS``) appended column by column."""
+    row = {
+        "source": word_table.SOURCE_DYNAMO,
+        "source_split": None,
+        "image_id": key[0],
+        "receipt_id": key[1],
+        "line_id": key[2],
+        "word_id": key[3],
+        "text": word.text,
+        "x0": word.x0,
+        "y0": word.y0,
+        "x1": word.x1,
+        "y1": word.y1,
+        "confidence": word.confidence,
+        "labels": sorted(labels),
+        "label": label,
+    }
+    for name, value in row.items():
+        columns[name].append(value)
+
+
 def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Partial:
     """Words and labels of the receipts that carry an accepted label, from a batch of raw items.
 
@@ -372,24 +394,7 @@ def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Parti
         word_labels = accepted.get(key, [])
         chosen, conflicted = _choose_label(word_labels, options)
         partial.conflicts += conflicted
-        row = {
-            "source": word_table.SOURCE_DYNAMO,
-            "source_split": None,
-            "image_id": key[0],
-            "receipt_id": key[1],
-            "line_id": key[2],
-            "word_id": key[3],
-            "text": word.text,
-            "x0": word.x0,
-            "y0": word.y0,
-            "x1": word.x1,
-            "y1": word.y1,
-            "confidence": word.confidence,
-            "labels": sorted({label.label for label in word_labels}),
-            "label": chosen,
-        }
-        for name, value in row.items():
-            columns[name].append(value)
+        _append_word(columns, key, word, {label.label for label in word_labels}, chosen)
         for label in word_labels:
             partial.saw_label_added(label.timestamp_added)
     return partial
@@ -651,24 +656,7 @@ def _prediction_partial(items: Iterable[Mapping[str, Any]], tolerance: float) ->
     for key in sorted(words):
         word = words[key]
         partial.receipts.add(key[:2])
-        row = {
-            "source": word_table.SOURCE_DYNAMO,
-            "source_split": None,
-            "image_id": key[0],
-            "receipt_id": key[1],
-            "line_id": key[2],
-            "word_id": key[3],
-            "text": word.text,
-            "x0": word.x0,
-            "y0": word.y0,
-            "x1": word.x1,
-            "y1": word.y1,
-            "confidence": word.confidence,
-            "labels": sorted(valid.get(key, ())),
-            "label": None,
-        }
-        for name, value in row.items():
-            columns[name].append(value)
+        _append_word(columns, key, word, valid.get(key, ()), None)
     return partial
 
 

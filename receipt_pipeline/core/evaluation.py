@@ -276,7 +276,6 @@ def confusion_matrix(truth: Mapping[str, list[str]], predicted: Mapping[str, lis
 
 def confusion_png(names: Sequence[str], matrix: np.ndarray) -> bytes:
     """The confusion matrix as a PNG, rows normalised so small labels stay readable."""
-    import io
 
     import matplotlib
 
@@ -293,11 +292,7 @@ def confusion_png(names: Sequence[str], matrix: np.ndarray) -> bytes:
     axes.set_ylabel("true")
     axes.set_title("word-level confusion (row share)")
     figure.colorbar(image, ax=axes, fraction=0.046)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(figure, dpi=110)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -796,7 +791,6 @@ def receipt_details(
 
 def per_label_f1_png(per_label: Mapping[str, Mapping]) -> bytes:
     """Per-label entity F1 as horizontal bars, with each label's support."""
-    import io
 
     import matplotlib
 
@@ -812,9 +806,18 @@ def per_label_f1_png(per_label: Mapping[str, Mapping]) -> bytes:
     axes.invert_yaxis()
     axes.set_xlabel("entity F1 (strict IOB2)")
     axes.tick_params(axis="y", labelsize=8)
+    return figure_png(figure, dpi=80)
+
+
+def figure_png(figure, dpi: int) -> bytes:
+    """A matplotlib figure laid out, drawn as PNG bytes and closed (pyplot keeps every open figure alive)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
+    figure.savefig(buffer, format="png", dpi=dpi)
     plt.close(figure)
     return buffer.getvalue()
 

@@ -307,9 +307,9 @@ def with_review_priority(receipts: pd.DataFrame) -> pd.DataFrame:
 
 def confidence_histogram_png(words: pd.DataFrame) -> bytes:
     """How confident the model was, word by word: the words it labelled and the words it left O, stacked."""
-    import io
-
     import matplotlib
+
+    from receipt_pipeline.core.evaluation import figure_png
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -328,11 +328,7 @@ def confidence_histogram_png(words: pd.DataFrame) -> bytes:
     axes.set_xlabel("confidence (softmax probability of the predicted tag)")
     axes.set_ylabel("words")
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(figure, dpi=80)
 
 
 def write_tables(folder: str, predictions: Predictions) -> dict[str, str]:
