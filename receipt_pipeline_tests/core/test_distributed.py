@@ -12,9 +12,16 @@ from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline_tests.training_data import build_manifest, synthetic_words
 
 # Dropout off and a random (not length-grouped) order, so both runs see the same global batches: one
-# process takes 4 windows a step, two processes 2 each of the same 4.
+# process takes 4 windows a step, two processes 2 each of the same 4. A learning rate above the compact
+# default, so that six steps move the loss well beyond float noise on any synthetic table.
 SAME_BATCHES = dict(
-    max_steps=6, eval_steps=6, gradient_accumulation_steps=1, warmup_ratio=0.0, dropout=0.0, group_by_length=False
+    max_steps=6,
+    eval_steps=6,
+    gradient_accumulation_steps=1,
+    warmup_ratio=0.0,
+    dropout=0.0,
+    group_by_length=False,
+    learning_rate=5e-4,
 )
 
 
