@@ -22,6 +22,12 @@ def compact_tokenizer():
     return load_tokenizer(COMPACT)
 
 
+# Runs that must see the same global batches however they split them (micro-batches, processes): dropout off
+# and a random, not length-grouped, order. A learning rate above the compact default, so that six steps move
+# the loss well beyond float noise on the synthetic table.
+SAME_BATCHES = dict(max_steps=6, eval_steps=6, warmup_ratio=0.0, dropout=0.0, group_by_length=False, learning_rate=5e-4)
+
+
 def synthetic_words(receipts: int, seed: int = 5):
     return word_table.to_frame(assemble(iter_receipt_items(receipts, seed), ReadOptions(table="t")).columns)
 

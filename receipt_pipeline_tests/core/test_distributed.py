@@ -9,20 +9,10 @@ import pytest
 from receipt_pipeline.core import bio, distributed
 from receipt_pipeline.core.training import TrainingError, train
 from receipt_pipeline.core.training_options import TrainingOptions
-from receipt_pipeline_tests.training_data import build_manifest, synthetic_words
+from receipt_pipeline_tests.training_data import SAME_BATCHES, build_manifest, synthetic_words
 
-# Dropout off and a random (not length-grouped) order, so both runs see the same global batches: one
-# process takes 4 windows a step, two processes 2 each of the same 4. A learning rate above the compact
-# default, so that six steps move the loss well beyond float noise on any synthetic table.
-SAME_BATCHES = dict(
-    max_steps=6,
-    eval_steps=6,
-    gradient_accumulation_steps=1,
-    warmup_ratio=0.0,
-    dropout=0.0,
-    group_by_length=False,
-    learning_rate=5e-4,
-)
+# one process takes 4 windows a step, two processes 2 each of the same 4
+ONE_PASS = dict(SAME_BATCHES, gradient_accumulation_steps=1)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +33,9 @@ def _losses(run_dir) -> dict:
 def test_two_gloo_processes_under_torchrun_match_single_process_training(manifest, tmp_path):
     # six full batches of 4 within the first epoch: no short last batch, which DDP would pad with repeats
     assert manifest["splits"]["train"]["windows"] >= 6 * 4
-    single = train(manifest, tmp_path / "single", TrainingOptions(per_device_batch_size=4, **SAME_BATCHES))
+    single = train(manifest, tmp_path / "single", TrainingOptions(per_device_batch_size=4, **ONE_PASS))
     two = distributed.train_distributed(
-        manifest, tmp_path / "two", TrainingOptions(per_device_batch_size=2, **SAME_BATCHES), processes=2
+        manifest, tmp_path / "two", TrainingOptions(per_device_batch_size=2, **ONE_PASS), processes=2
     )
     assert two.steps == single.steps == 6 and two.device == "cpu"
     # the same windows went through the model: the token count is summed over both processes

@@ -22,7 +22,7 @@ from receipt_pipeline.core.evaluation import evaluate
 from receipt_pipeline.core.training import train
 from receipt_pipeline.core.training_options import TrainingOptions
 from receipt_pipeline.core.windows import WindowSet
-from receipt_pipeline_tests.training_data import build_manifest, synthetic_words
+from receipt_pipeline_tests.training_data import SAME_BATCHES, build_manifest, synthetic_words
 
 # float32: validation under bf16 autocast (the default where the CPU has it) reads a few tokens otherwise than
 # evaluate's float32 does, and these tests compare the two exactly
@@ -131,14 +131,15 @@ def test_micro_batches_with_accumulation_train_as_the_folded_batch(tmp_path):
     step; the token-weighted loss weighs each micro-batch by its tokens)."""
     manifest, _ = build_manifest([synthetic_words(40)], tmp_path / "windows", bio.SplitOptions(entity_share_target=0.7))
     assert manifest["splits"]["train"]["windows"] >= 6 * 4
-    same = dict(max_steps=6, eval_steps=6, warmup_ratio=0.0, dropout=0.0, group_by_length=False)
     folded = train(
-        manifest, tmp_path / "folded", TrainingOptions(per_device_batch_size=4, gradient_accumulation_steps=1, **same)
+        manifest,
+        tmp_path / "folded",
+        TrainingOptions(per_device_batch_size=4, gradient_accumulation_steps=1, **SAME_BATCHES),
     )
     accumulated = train(
         manifest,
         tmp_path / "accumulated",
-        TrainingOptions(per_device_batch_size=2, gradient_accumulation_steps=2, **same),
+        TrainingOptions(per_device_batch_size=2, gradient_accumulation_steps=2, **SAME_BATCHES),
     )
     assert folded.steps == accumulated.steps == 6 and folded.real_tokens == accumulated.real_tokens
     assert _train_losses(tmp_path / "accumulated") == pytest.approx(_train_losses(tmp_path / "folded"), rel=0.01)
