@@ -27,12 +27,13 @@ def build_definitions(settings: DeploymentSettings | None = None) -> dg.Definiti
             [ingestion, training_data, training, evaluation, promotion, sweep, inference, export]
         ),
         asset_checks=[evaluation.f1_not_below_production],
-        jobs=[retraining.refresh_training_data, retraining.train_evaluate_promote],
+        jobs=[retraining.refresh_training_data, retraining.train_evaluate_promote, retraining.put_model_to_work],
         schedules=[retraining.build_weekly_schedule(settings)],
         sensors=[
             gpu_instances.build_reaper_sensor(settings),
             retraining.build_new_labels_sensor(settings),
             retraining.train_after_data_refresh,
+            retraining.build_put_to_work_sensor(settings),
         ],
         resources=resources_for(settings),
     )

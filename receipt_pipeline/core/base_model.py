@@ -50,7 +50,8 @@ def resolve(source: str) -> str:
 
 
 def _download_s3_folder(prefix: str) -> Path:
-    files = list(storage.list_files(prefix))
+    etags = storage.s3_etags(prefix)
+    files = list(etags)
     if not files:
         raise BaseModelError(f"base model {prefix!r}: nothing under that S3 prefix")
     refused = [uri for uri in files if uri.endswith(UNSAFE_SUFFIXES)]
@@ -60,7 +61,10 @@ def _download_s3_folder(prefix: str) -> Path:
             f"base model {prefix!r} has only pickled weights ({', '.join(Path(u).name for u in refused)}); "
             "pickles from S3 are never loaded: save the model with safetensors (save_pretrained does by default)"
         )
-    target = cache_dir() / hashlib.sha256(prefix.encode()).hexdigest()[:16]
+    # keyed by the files' ETags as well as the prefix: files replaced under the same prefix (a promotion to
+    # models/production) are fetched again instead of served from an older copy
+    fingerprint = "\n".join([prefix, *(f"{uri} {etags[uri]}" for uri in wanted)])
+    target = cache_dir() / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
     base = prefix.rstrip("/") + "/"
     for uri in wanted:
         relative = uri[len(base) :]

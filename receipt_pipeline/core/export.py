@@ -46,6 +46,8 @@ from receipt_pipeline.core.windows import WindowSet, merge_word_predictions
 MANIFEST = "export.json"
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
+# onnxruntime's quantize_dynamic settings for the int8 graph beside the float32 one
+INT8_OPTIONS = {"per_channel": True}
 COREML_PACKAGE = "model.mlpackage"
 INPUTS = ("input_ids", "bbox", "attention_mask")
 OUTPUT = "logits"
@@ -315,7 +317,12 @@ def export_onnx(
         if quantize_int8:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(str(staging / ONNX_FILE), str(staging / ONNX_INT8_FILE), weight_type=QuantType.QInt8)
+            # one scale per output channel: on the compact model's SROIE test windows per-tensor weights changed
+            # 0.66% of argmax against float32, per-channel 0.23%, at the same size and speed (BENCHMARKS.md)
+            quantize_dynamic(
+                str(staging / ONNX_FILE), str(staging / ONNX_INT8_FILE), weight_type=QuantType.QInt8, **INT8_OPTIONS
+            )
+            document["int8_quantization"] = {"method": "dynamic", "weights": "int8", **INT8_OPTIONS}
             files["int8"] = ONNX_INT8_FILE
         document["files"] = {
             precision: {"file": name, "bytes": (staging / name).stat().st_size, "sha256": _sha256(staging / name)}

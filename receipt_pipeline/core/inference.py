@@ -86,10 +86,6 @@ def load_model(source: str, device: str = "cpu") -> LoadedModel:
     folder = checkpoint_folder(source)
     manifest = promotion.current_production(source)
     version = (manifest or {}).get("checkpoint", {}).get("version") or weights_digest(folder)
-    if storage.is_s3(source) and weights_digest(folder) != version:
-        # the model cache keeps a prefix's files once fetched; a promotion since has replaced them
-        shutil.rmtree(folder)
-        folder = checkpoint_folder(source)
     # proposals name the model that made them: a version that is not these weights' would misname them
     if weights_digest(folder) != version:
         raise InferenceError(f"{source}: its weights are not those production.json names ({version})")

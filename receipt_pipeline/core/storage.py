@@ -108,19 +108,24 @@ def exists(uri: str) -> bool:
     return Path(uri).exists()
 
 
+def s3_etags(prefix: str) -> dict[str, str]:
+    """Every object under an S3 prefix, as its full URI, with its ETag (which changes with its content), sorted."""
+    bucket, key_prefix = split_s3(prefix)
+    key_prefix = key_prefix.rstrip("/") + "/" if key_prefix else ""
+    paginator = _s3().get_paginator("list_objects_v2")
+    objects = {
+        obj["Key"]: obj["ETag"]
+        for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix)
+        for obj in page.get("Contents", [])
+        if not obj["Key"].endswith("/")
+    }
+    return {f"s3://{bucket}/{key}": objects[key] for key in sorted(objects)}
+
+
 def list_files(prefix: str) -> Iterator[str]:
     """Every file under a folder or S3 prefix, as full URIs/paths, sorted."""
     if is_s3(prefix):
-        bucket, key_prefix = split_s3(prefix)
-        key_prefix = key_prefix.rstrip("/") + "/" if key_prefix else ""
-        paginator = _s3().get_paginator("list_objects_v2")
-        keys = [
-            obj["Key"]
-            for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix)
-            for obj in page.get("Contents", [])
-            if not obj["Key"].endswith("/")
-        ]
-        yield from (f"s3://{bucket}/{key}" for key in sorted(keys))
+        yield from s3_etags(prefix)
         return
     root = Path(prefix)
     if root.is_dir():

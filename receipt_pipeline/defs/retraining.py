@@ -33,6 +33,15 @@ train_evaluate_promote = dg.define_asset_job(
     description="Train on the current windows (a GPU instance in prod), score the model, promote it if its F1 holds.",
 )
 RETRAIN_JOBS = (refresh_training_data.name, train_evaluate_promote.name)
+PRODUCTION_KEY = dg.AssetKey("production_model")
+PROMOTION_RUN_TAG = "receipt_pipeline/promotion_run"
+MODEL_VERSION_TAG = "receipt_pipeline/model_version"
+put_model_to_work = dg.define_asset_job(
+    "put_model_to_work",
+    selection=dg.AssetSelection.assets("exported_model", "receipt_predictions"),
+    description="Export the production model (ONNX, Core ML) and run it over the table's receipts, proposing "
+    "labels where the deployment writes proposals.",
+)
 
 
 def trained_valid_labels(instance: dg.DagsterInstance, table: str) -> int | None:
@@ -148,3 +157,27 @@ def train_after_data_refresh(context: dg.RunStatusSensorContext) -> dg.RunReques
         run_key=data_run.run_id,
         tags={DATA_RUN_TAG: data_run.run_id, TRIGGER_TAG: data_run.tags.get(TRIGGER_TAG, "manual")},
     )
+
+
+def build_put_to_work_sensor(settings: DeploymentSettings) -> dg.SensorDefinition:
+    @dg.asset_sensor(
+        name="put_new_production_model_to_work",
+        asset_key=PRODUCTION_KEY,
+        job=put_model_to_work,
+        default_status=_on_in(settings, ("prod",)),
+        description="When a model is promoted (production_model materialised, by a retrain or by hand), export it "
+        "and run it over the table's receipts.",
+    )
+    def put_new_production_model_to_work(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+        metadata = asset_event.asset_materialization.metadata if asset_event.asset_materialization else {}
+        version = metadata.get("checkpoint_version")
+        return dg.RunRequest(
+            # one run per promotion, however many ticks see it
+            run_key=f"promotion:{asset_event.run_id}:{asset_event.timestamp}",
+            tags={
+                PROMOTION_RUN_TAG: asset_event.run_id,
+                MODEL_VERSION_TAG: str(version.value) if version is not None else "",
+            },
+        )
+
+    return put_new_production_model_to_work

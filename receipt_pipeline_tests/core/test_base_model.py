@@ -45,6 +45,23 @@ def test_an_s3_prefix_is_fetched_without_its_pickles(tmp_path, artifacts_bucket,
     assert fetched == {*TOKENIZER_FILES, "model.safetensors"}
 
 
+def test_files_replaced_under_the_same_s3_prefix_are_fetched_again_not_served_from_the_cache(
+    tmp_path, artifacts_bucket, monkeypatch
+):
+    # a promotion rewrites models/production in place: the champion the gate scores must be the current one
+    monkeypatch.setenv("RECEIPT_PIPELINE_MODEL_CACHE", str(tmp_path / "cache"))
+    prefix = f"s3://{artifacts_bucket}/models/replaced"
+    storage.write_bytes(f"{prefix}/config.json", b'{"model": "first"}')
+    storage.write_bytes(f"{prefix}/model.safetensors", b"first weights")
+    first = Path(base_model.resolve(prefix))
+    assert base_model.resolve(prefix) == str(first), "an unchanged prefix is served from the cache"
+    storage.write_bytes(f"{prefix}/model.safetensors", b"second weights")
+    second = Path(base_model.resolve(prefix))
+    assert (second / "model.safetensors").read_bytes() == b"second weights"
+    assert (second / "config.json").read_bytes() == b'{"model": "first"}'
+    assert (first / "model.safetensors").read_bytes() == b"first weights", "a copy in use is left alone"
+
+
 def test_an_s3_prefix_with_only_pickled_weights_is_refused(artifacts_bucket, tmp_path, monkeypatch):
     monkeypatch.setenv("RECEIPT_PIPELINE_MODEL_CACHE", str(tmp_path / "cache"))
     prefix = f"s3://{artifacts_bucket}/models/pickled"

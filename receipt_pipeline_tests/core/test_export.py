@@ -92,6 +92,21 @@ def test_onnx_export_is_checked_on_windows_and_int8_reported(model, onnx_export)
     assert {"tokenizer.json", "label_map.json", "config.json"} <= set(document["sidecars"])
 
 
+def test_the_int8_graph_scales_each_weight_per_output_channel(onnx_export):
+    import onnx
+
+    folder, document = onnx_export
+    assert document["int8_quantization"] == {"method": "dynamic", "weights": "int8", "per_channel": True}
+    graph = onnx.load(str(folder / export.ONNX_INT8_FILE)).graph
+    shapes = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
+    quantized = [node for node in graph.node if node.op_type in ("MatMulInteger", "QAttention")]
+    assert len(quantized) >= 2 * document["fused_operators"]["Attention"], "every layer's weights are int8"
+    for node in quantized:
+        [weight] = [shapes[name] for name in node.input if len(shapes.get(name, [])) == 2]
+        # a zero point (MatMulInteger) or a scale (QAttention) per output column, not one for the whole matrix
+        assert any(shapes.get(name) == [weight[1]] for name in node.input), (node.name, weight)
+
+
 def test_a_failed_export_leaves_the_previous_one_and_nothing_half_written(model, module_tmp, monkeypatch):
     model_dir, manifest = model
     root = module_tmp("crash")

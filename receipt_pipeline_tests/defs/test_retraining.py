@@ -41,6 +41,39 @@ def test_prod_turns_the_schedule_and_the_sensor_on(tmp_path):
     assert definitions.resolve_schedule_def("weekly_retrain").default_status == dg.DefaultScheduleStatus.RUNNING
     sensor = definitions.resolve_sensor_def("retrain_on_new_labels")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    put_to_work = definitions.resolve_sensor_def("put_new_production_model_to_work")
+    assert put_to_work.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_each_promotion_puts_the_new_model_to_work_once(tmp_path):
+    definitions = build_definitions(_settings(tmp_path, "t"))
+    sensor = definitions.resolve_sensor_def("put_new_production_model_to_work")
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED, "off on a laptop, on in prod"
+    job = definitions.resolve_job_def(sensor.job_name)
+    assert job.asset_layer.selected_asset_keys == {dg.AssetKey("exported_model"), dg.AssetKey("receipt_predictions")}
+
+    with dg.instance_for_test() as instance:
+
+        def tick(cursor):
+            context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=definitions)
+            return sensor.evaluate_tick(context)
+
+        nothing = tick(None)
+        assert not nothing.run_requests, "no promotion yet"
+        for version in ("v1", "v2"):
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization("production_model", metadata={"checkpoint_version": version})
+            )
+        promoted = tick(nothing.cursor)
+        # an asset sensor sees the newest materialisation since its cursor: the model now in production
+        [request] = promoted.run_requests
+        assert request.tags[retraining.MODEL_VERSION_TAG] == "v2" and request.run_key.startswith("promotion:")
+        assert not tick(promoted.cursor).run_requests, "a promotion is put to work once"
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("production_model", metadata={"checkpoint_version": "v3"})
+        )
+        [again] = tick(promoted.cursor).run_requests
+        assert again.tags[retraining.MODEL_VERSION_TAG] == "v3" and again.run_key != request.run_key
 
 
 def test_the_sensor_retrains_once_enough_valid_labels_arrived_since_the_checkpoints_data(tmp_path, receipts_table):

@@ -162,6 +162,11 @@ def test_the_gate_scores_production_on_the_same_receipts_and_refuses_a_label_cha
         assert check.metadata["difference"].value == 0.0
         assert check.metadata["interval_95_low"].value == check.metadata["interval_95_high"].value == 0.0
         assert check.metadata["receipts_compared"].value == report["receipts"]
+        assert check.metadata["candidate_f1"].value == check.metadata["production_f1"].value
+        assert check.metadata["candidate_f1"].value == pytest.approx(report["entity_f1"])
+        deltas = check.metadata["label_deltas"].value
+        assert set(deltas) == set(check.metadata["labels_compared"].value) and deltas
+        assert all(delta["delta"] == 0.0 and delta["support"] >= 0 for delta in deltas.values())
         assert report["production_f1_on_these_receipts"] == report["entity_f1"]
         assert report["comparable_with_production_report"] is True, report["comparability"]
         assert len(promoted_events) == 1
