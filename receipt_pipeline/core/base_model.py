@@ -8,6 +8,9 @@ to configs, vocabularies and safetensors weights: nothing that would be unpickle
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import time
 from pathlib import Path
 
 from receipt_pipeline.core import storage
@@ -16,6 +19,8 @@ from receipt_pipeline.core.settings import environment
 
 COMPACT = "compact"
 SAFE_SUFFIXES = (".json", ".txt", ".safetensors", ".model")
+# an older copy of a rewritten S3 prefix is removed once untouched this long
+STALE_COPY_SECONDS = 3600
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack")
 # words every receipt vocabulary knows: if they come out as [UNK], the vocabulary was not loaded
 _PROBE_WORDS = ["total", "cash", "date", "store"]
@@ -61,17 +66,29 @@ def _download_s3_folder(prefix: str) -> Path:
             f"base model {prefix!r} has only pickled weights ({', '.join(Path(u).name for u in refused)}); "
             "pickles from S3 are never loaded: save the model with safetensors (save_pretrained does by default)"
         )
-    # keyed by the files' ETags as well as the prefix: files replaced under the same prefix (a promotion to
+    # named by the prefix and by its files' ETags: files replaced under the same prefix (a promotion to
     # models/production) are fetched again instead of served from an older copy
-    fingerprint = "\n".join([prefix, *(f"{uri} {etags[uri]}" for uri in wanted)])
-    target = cache_dir() / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    fingerprint = "\n".join(f"{uri} {etags[uri]}" for uri in wanted)
+    named = hashlib.sha256(prefix.encode()).hexdigest()[:16]
+    target = cache_dir() / f"{named}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}"
     base = prefix.rstrip("/") + "/"
     for uri in wanted:
         relative = uri[len(base) :]
         destination = target / relative
         if not destination.exists():
             storage.write_bytes(str(destination), storage.read_bytes(uri))
+    os.utime(target)  # served now: an older copy is pruned only once nothing has been served it for a while
+    _prune_older_copies(target, named)
     return target
+
+
+def _prune_older_copies(current: Path, named: str) -> None:
+    """Removes the prefix's older copies not served for STALE_COPY_SECONDS: a copy kept per promotion would
+    fill the disk, and a process still loading one (seconds; a loaded model is in memory) is done by then."""
+    cutoff = time.time() - STALE_COPY_SECONDS
+    for copy in current.parent.glob(f"{named}-*"):
+        if copy != current and copy.is_dir() and copy.stat().st_mtime < cutoff:
+            shutil.rmtree(copy, ignore_errors=True)
 
 
 def load_tokenizer(source: str):

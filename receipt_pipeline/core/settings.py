@@ -55,7 +55,8 @@ class Variables(BaseModel):
     RECEIPT_PIPELINE_WRITE_PROPOSALS: bool | None = None
     # where things go on this machine
     RECEIPT_PIPELINE_SCRATCH: str | None = None  # local copies of runs whose folders live in S3
-    RECEIPT_PIPELINE_MODEL_CACHE: str | None = None  # base models fetched from S3
+    # models fetched from S3, a copy per content of a prefix; older copies are pruned after an hour unserved
+    RECEIPT_PIPELINE_MODEL_CACHE: str | None = None
     DAGSTER_HOME: str | None = None
     # AWS, as the SDKs read them (botocore reads them itself; these are what the pipeline checks or keys on)
     AWS_ENDPOINT_URL: str | None = None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -59,7 +61,18 @@ def test_files_replaced_under_the_same_s3_prefix_are_fetched_again_not_served_fr
     second = Path(base_model.resolve(prefix))
     assert (second / "model.safetensors").read_bytes() == b"second weights"
     assert (second / "config.json").read_bytes() == b'{"model": "first"}'
-    assert (first / "model.safetensors").read_bytes() == b"first weights", "a copy in use is left alone"
+    assert (first / "model.safetensors").read_bytes() == b"first weights", "a copy served lately is left alone"
+
+    # once nothing has been served the older copy for a while, the next fetch of the prefix removes it
+    stale = time.time() - base_model.STALE_COPY_SECONDS - 1
+    os.utime(first, (stale, stale))
+    other = f"s3://{artifacts_bucket}/models/other"
+    storage.write_bytes(f"{other}/model.safetensors", b"another prefix")
+    other_copy = Path(base_model.resolve(other))
+    os.utime(other_copy, (stale, stale))
+    assert base_model.resolve(prefix) == str(second)
+    assert not first.exists() and second.exists()
+    assert other_copy.exists(), "another prefix's copy is not this prefix's to prune"
 
 
 def test_an_s3_prefix_with_only_pickled_weights_is_refused(artifacts_bucket, tmp_path, monkeypatch):
