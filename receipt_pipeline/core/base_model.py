@@ -19,9 +19,9 @@ from receipt_pipeline.core.settings import environment
 
 COMPACT = "compact"
 SAFE_SUFFIXES = (".json", ".txt", ".safetensors", ".model")
-# an older copy of a rewritten S3 prefix is removed once untouched this long
-STALE_COPY_SECONDS = 3600
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack")
+# an older copy of a rewritten S3 prefix is removed once nothing has been served it this long
+STALE_COPY_SECONDS = 3600
 # words every receipt vocabulary knows: if they come out as [UNK], the vocabulary was not loaded
 _PROBE_WORDS = ["total", "cash", "date", "store"]
 
