@@ -113,14 +113,9 @@ def _onnx_runner(session):
 
 def _scores(windows, predictions, names, words, references) -> dict:
     from receipt_pipeline.core import bio
-    from receipt_pipeline.core.evaluation import (
-        extract_fields,
-        field_scores,
-        overall_entity_scores,
-        receipt_entity_counts,
-        true_receipt_tags,
-    )
+    from receipt_pipeline.core.evaluation import overall_entity_scores, receipt_entity_counts, true_receipt_tags
     from receipt_pipeline.core.export import named_receipt_tags
+    from receipt_pipeline.core.fields import extract_fields, field_scores
 
     truth = true_receipt_tags(windows)
     predicted = named_receipt_tags(windows, predictions, names)

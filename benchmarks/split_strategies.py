@@ -65,7 +65,7 @@ def _rows(table, split: str):
 
 def labelled_fields(rows, field_labels: dict[str, str]) -> dict[str, dict[str, str]]:
     """Each receipt's fields as its true tags give them: the reference of receipts that state none."""
-    from receipt_pipeline.core.evaluation import extract_fields
+    from receipt_pipeline.core.fields import extract_fields
 
     return {
         row["key"]: extract_fields(row["words"], row["tags"], field_labels)
@@ -75,7 +75,7 @@ def labelled_fields(rows, field_labels: dict[str, str]) -> dict[str, dict[str, s
 
 def field_f1_of(rows: list[dict], fields: list[str]) -> tuple[float, int]:
     """Field F1 (exact match, the report's rule) over per-receipt detail rows, and how many receipts."""
-    from receipt_pipeline.core.evaluation import field_scores
+    from receipt_pipeline.core.fields import field_scores
 
     expected = {row["key"]: {f: row.get(f"{f}_expected", "") for f in fields} for row in rows}
     predicted = {row["key"]: {f: row.get(f"{f}_predicted", "") for f in fields} for row in rows}

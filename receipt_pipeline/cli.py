@@ -307,6 +307,31 @@ def field_lines(summary: dict) -> list[str]:
     return lines or ["  (no field found)"]
 
 
+def item_lines(summary: dict) -> list[str]:
+    """A receipt's line items (inference.receipt_summary), one line each, and whether they add up."""
+    items = summary.get("line_items") or []
+    if not items:
+        return ["  (no line item found)"]
+    lines = [f"  {'#':>2}  {'product':<28} {'qty':>6} {'unit':>9} {'total':>9}  confidence"]
+    for item in items:
+        confidence = item.get("confidence")
+        lines.append(
+            f"  {item['item']:>2}  {(item['product'] or '-')[:28]:<28} {item['quantity'] or '-':>6} "
+            f"{item['unit_price'] or '-':>9} {_amount_shown(item['line_total'], item['line_total_text']):>9}  "
+            + (f"{confidence:.3f}" if confidence is not None else "-")
+        )
+    check = summary.get("items_check") or {}
+    if check.get("status") == "adds_up":
+        lines.append(f"  line totals {check['items_sum']} add up to the {check['expected']}")
+    elif check.get("status") == "does_not_add_up":
+        lines.append(f"  line totals {check['items_sum']} do NOT add up to the {check['expected']}: flagged for review")
+    return lines
+
+
+def _amount_shown(value: str | None, text: str | None) -> str:
+    return value if value is not None else (f"?{text!r}" if text else "-")
+
+
 def word_lines(summary: dict) -> list[str]:
     lines = [f"  {'line':>4} {'word':>4}  {'text':<24} {'label':<16} confidence"]
     for word in summary["words"]:
@@ -340,7 +365,8 @@ def word_lines(summary: dict) -> list[str]:
 )
 def predict(checkpoint: str, sroie_dir: str, as_json: bool) -> None:
     """Label the words of receipts in files (the SROIE layout: <split>/box/*.txt) and extract each receipt's
-    merchant, address, date (ISO 8601) and amounts, least confident receipt first.
+    merchant, address, date (ISO 8601, read day first as SROIE's receipts print it), time, amounts and line
+    items; receipts whose line totals do not add up first, then the least confident.
 
     Files or lines that could not be read are listed on stderr (and under "problems" in the JSON); missing or
     unmatched entity files are not problems here."""
@@ -354,9 +380,7 @@ def predict(checkpoint: str, sroie_dir: str, as_json: bool) -> None:
     report_problems(problems, "SROIE files or lines")
     loaded = inference.load_model(checkpoint)
     predicted = inference.predict_words(loaded, sroie.frame)
-    summaries = [
-        inference.receipt_summary(predicted.receipts, predicted.words, key) for key in predicted.receipts["key"]
-    ]
+    summaries = [inference.receipt_summary(predicted, key) for key in predicted.receipts["key"]]
     if as_json:
         unusable = {
             "count": len(problems),
@@ -366,11 +390,14 @@ def predict(checkpoint: str, sroie_dir: str, as_json: bool) -> None:
         document = {"model": {"path": checkpoint, "version": loaded.version}, "receipts": summaries}
         click.echo(json.dumps({**document, "problems": unusable}))
         return
-    click.echo(f"model {loaded.version} ({checkpoint}): {len(summaries)} receipts, least confident first")
+    click.echo(
+        f"model {loaded.version} ({checkpoint}): {len(summaries)} receipts, in review order (line totals that do "
+        "not add up first, then the least confident)"
+    )
     for summary in summaries:
         confidence = summary["confidence"]
         click.echo(f"\n{summary['key']}" + (f" (confidence {confidence:.3f})" if confidence is not None else ""))
-        for line in field_lines(summary):
+        for line in field_lines(summary) + item_lines(summary):
             click.echo(line)
 
 
@@ -445,8 +472,11 @@ def _print_predictions(document_path: Path) -> None:
     )
     if document["examples"]:
         example = document["examples"][0]
-        click.echo(f"  {example['key']}, the least confident (review priority 1):")
+        click.echo(f"  {example['key']}, first in the review queue:")
         for line in field_lines(example):
+            click.echo(f"  {line}")
+        click.echo(f"    line items ({len(example.get('line_items') or [])}):")
+        for line in item_lines(example):
             click.echo(f"  {line}")
     proposals = document["proposals"]
     if proposals.get("enabled"):

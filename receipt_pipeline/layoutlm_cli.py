@@ -427,12 +427,13 @@ def export_coreml_command(
 def infer(
     image_id: str, receipt_id: int, model_dir: str | None, model_s3_uri: str | None, table: str | None, as_json: bool
 ) -> None:
-    """Predict one receipt of the table: its words with their labels and confidences, and its fields (merchant,
-    address, date as ISO 8601, total and other amounts as decimals). Writes nothing to the table.
+    """Predict one receipt of the table: its words with their labels and confidences, its fields (merchant,
+    address, phone, date as ISO 8601, time on a 24-hour clock, total and other amounts as decimals) and its line
+    items, checked against its subtotal. Writes nothing to the table.
 
     Runs here, on the CPU. The model defaults to the deployment's production model (models/production under
     its artifacts)."""
-    from receipt_pipeline.cli import field_lines, word_lines
+    from receipt_pipeline.cli import field_lines, item_lines, word_lines
     from receipt_pipeline.core import inference
     from receipt_pipeline.core.dynamo_reader import read_receipts_to_predict
     from receipt_pipeline.core.promotion import production_root
@@ -454,8 +455,8 @@ def infer(
     if not read.receipts:
         raise click.ClickException(f"table {table!r} has no receipt {image_id} {receipt_id} with words")
     loaded = inference.load_model(source)
-    predicted = inference.predict_words(loaded, read.frame)
-    summary = inference.receipt_summary(predicted.receipts, predicted.words, predicted.receipts["key"].iloc[0])
+    predicted = inference.predict_words(loaded, read.frame, table_date_order=settings.table_date_order)
+    summary = inference.receipt_summary(predicted, predicted.receipts["key"].iloc[0])
     if as_json:
         click.echo(json.dumps({"table": table, "model": {"path": source, "version": loaded.version}, **summary}))
         return
@@ -463,6 +464,9 @@ def infer(
     click.echo(f"model {loaded.version} ({source})")
     click.echo("fields:")
     for line in field_lines(summary):
+        click.echo(line)
+    click.echo("line items:")
+    for line in item_lines(summary):
         click.echo(line)
     click.echo("words:")
     for line in word_lines(summary):

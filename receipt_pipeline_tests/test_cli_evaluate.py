@@ -140,6 +140,7 @@ def test_predict_labels_receipts_in_files_least_confident_first_and_names_the_fi
     receipts = document["receipts"]
     assert len(receipts) == 3 and [r["review_priority"] for r in receipts] == [1, 2, 3]
     assert all(r["key"].startswith("sroie/") and r["words"] and "total" in r["fields"] for r in receipts)
+    assert all(isinstance(r["line_items"], list) and "status" in r["items_check"] for r in receipts)
     confidences = [r["confidence"] for r in receipts]
     assert confidences == sorted(confidences), "least confident first"
     problems = document["problems"]
@@ -149,5 +150,5 @@ def test_predict_labels_receipts_in_files_least_confident_first_and_names_the_fi
 
     text = _predict_here("--checkpoint", str(small_production_model), "--sroie-dir", str(folder))
     assert text.exit_code == 0, text.output
-    assert "3 receipts, least confident first" in text.stdout
+    assert "3 receipts, in review order" in text.stdout and "line item" in text.stdout
     assert all(r["key"] in text.stdout for r in receipts)

@@ -250,12 +250,14 @@ def test_infer_prints_one_receipts_words_labels_and_fields_with_the_production_m
     assert document["table"] == receipts_table and document["key"] == f"dynamo/{image}/00001"
     assert [word["text"] for word in document["words"]] == [word for line in LINES for word in line]
     assert all(0 < word["confidence"] <= 1 for word in document["words"])
-    assert {"merchant", "address", "date", "total"} <= set(document["fields"])
+    assert {"merchant", "address", "date", "time", "total"} <= set(document["fields"])
+    assert isinstance(document["line_items"], list) and "status" in document["items_check"]
 
     text = _infer_here(env, "--image-id", image, "--receipt-id", "1", "--model-dir", str(small_production_model))
     assert text.exit_code == 0, text.output
     assert f"receipt {image} 00001 of table {receipts_table}: 8 words" in text.stdout
     assert "fields:" in text.stdout and "RM9.50" in text.stdout and "confidence" in text.stdout
+    assert "line items:" in text.stdout
 
 
 def test_infer_ends_in_one_line_naming_a_receipt_or_model_it_cannot_use(receipts_table, small_production_model):

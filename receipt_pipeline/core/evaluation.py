@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import re
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 
+from receipt_pipeline.core import table_scores
 from receipt_pipeline.core.batching import WindowCollator
 from receipt_pipeline.core.bio import OUTSIDE
 from receipt_pipeline.core.errors import ExplainedError
+from receipt_pipeline.core.fields import comparable, date_orders, extract_fields, field_errors, field_scores, order_of
+from receipt_pipeline.core.receipt_values import DateOrder
 from receipt_pipeline.core.windows import WindowSet, merge_word_predictions
 
-SROIE_FIELDS = ("company", "date", "address", "total")
+# most receipts of its own training split a report scores the model on, beside the test receipts
+TRAIN_SAMPLE_MAX = 200
 
 
 def repair_bio(tags: Sequence[str]) -> list[str]:
@@ -83,172 +86,6 @@ def _rounded(values: Mapping) -> dict:
         "f1": float(values["f1-score"]),
         "support": int(values["support"]),
     }
-
-
-# ------------------------------------------------------------------------------------------ SROIE fields
-
-
-def _normalised(text: str) -> str:
-    # the leaderboard compares strings; OCR words joined with spaces differ from the key only in spacing
-    return re.sub(r"\s+", "", text or "").upper()
-
-
-# amounts: the last number of the text (a currency, a cue or a card number before it), e.g. "CC*7185:RM111.90"
-AMOUNT = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")
-NUMERIC_DATE = re.compile(r"(\d{1,4})[/.\-](\d{1,2})[/.\-](\d{2,4})")
-NAMED_DATE = re.compile(r"(\d{1,2})[\s\-/.]*(JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)[A-Z]*[\s\-/.,]*(\d{2,4})")
-COMPACT_DATE = re.compile(r"(?<!\d)(20\d{2})(\d{2})(\d{2})(?!\d)")
-MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
-# a word that calls the amount after it the total, and words that call it something else
-TOTAL_CUE = re.compile(r"TOTAL|JUMLAH|AMOUNT|NETT|DUE|PAYABLE", re.IGNORECASE)
-NOT_THE_TOTAL = re.compile(r"SUB|TAX|GST|SST|ROUND|DISC|SAVING|QTY|ITEM|CASH|CHANGE|TENDER|EXCL", re.IGNORECASE)
-# a company's registration number printed after its name: "SDN BHD(728384-M)"
-REGISTRATION = re.compile(r"\(?\s*\d{5,}\s*-\s*[A-Z0-9]\s*\)?$")
-
-
-def _date(text: str) -> str | None:
-    upper = text.upper()
-    for match in NUMERIC_DATE.finditer(upper):
-        first, month, last = match.groups()
-        year, day = (first, last) if len(first) == 4 else (last, first)
-        if _valid(int(year), int(month), int(day)):
-            return _iso(int(year), int(month), int(day))
-    for match in NAMED_DATE.finditer(upper):
-        day, month, year = match.groups()
-        if _valid(int(year), MONTHS.index(month) + 1, int(day)):
-            return _iso(int(year), MONTHS.index(month) + 1, int(day))
-    for match in COMPACT_DATE.finditer(upper):
-        year, month, day = (int(group) for group in match.groups())
-        if _valid(year, month, day):
-            return _iso(year, month, day)
-    return None
-
-
-def _valid(year: int, month: int, day: int) -> bool:
-    return 1 <= month <= 12 and 1 <= day <= 31 and (year < 100 or 1990 <= year <= 2099)
-
-
-def _iso(year: int, month: int, day: int) -> str:
-    return f"{year + 2000 if year < 100 else year:04d}-{month:02d}-{day:02d}"
-
-
-def _amount(text: str) -> str | None:
-    numbers = AMOUNT.findall(text.replace(" ", ""))
-    return f"{Decimal(numbers[-1].replace(',', '')):.2f}" if numbers else None
-
-
-def comparable(field: str, text: str) -> str:
-    """The form a field's value is compared in, for the reference and the prediction alike: a total as its
-    amount with two decimals ("RM 9.00", "TOTAL:$9.0" and "9.00" are one), a date as year-month-day
-    ("DATE:28-03-18" and "28/03/2018" are one), every field with whitespace and case ignored."""
-    if field == "total":
-        return _amount(text or "") or _normalised(text)
-    if field == "date":
-        return _date(text or "") or _normalised(text)
-    return _normalised(text)
-
-
-def extract_fields(words: Sequence[str], tags: Sequence[str], field_labels: Mapping[str, str]) -> dict[str, str]:
-    """SROIE fields from tagged words: the address is all of its words; the total the amount the receipt calls
-    the total (the last one after a cue such as TOTAL that no SUBTOTAL, TAX or CASH qualifies, else the last
-    one: the payable total sits below subtotals); the company its first span, adjacent spans joined, without
-    a registration number; the date its first span. Any other field is its label's first span."""
-    fields = {}
-    for field, chosen in field_words(words, tags, field_labels).items():
-        text = " ".join(words[index] for index in chosen)
-        fields[field] = REGISTRATION.sub("", text).strip() if field == "company" else text
-    return fields
-
-
-def field_words(words: Sequence[str], tags: Sequence[str], field_labels: Mapping[str, str]) -> dict[str, list[int]]:
-    """The indices of the words each field of :func:`extract_fields` is made of (none where its label has no
-    word): what a field's confidence is read from."""
-    if len(tags) != len(words):
-        raise ValueError(f"{len(tags)} tags for {len(words)} words")
-    entities: dict[str, list[tuple[int, list[int]]]] = {}
-    for index, tag in enumerate(tags):
-        if tag == OUTSIDE:
-            continue
-        label = tag[2:]
-        runs = entities.setdefault(label, [])
-        adjacent = bool(runs) and runs[-1][0] + len(runs[-1][1]) == index
-        if tag.startswith("B-") or not adjacent:
-            runs.append((index, []))
-        runs[-1][1].append(index)
-    chosen: dict[str, list[int]] = {}
-    for field, label in field_labels.items():
-        runs = entities.get(label, [])
-        if not runs:
-            chosen[field] = []
-        elif field == "address":
-            chosen[field] = [index for _, run in runs for index in run]
-        elif field == "total":
-            called = [run for start, run in runs if _called_total(words, start)]
-            chosen[field] = list((called or [run for _, run in runs])[-1])
-        elif field == "company":
-            first, *rest = runs
-            span = list(first[1])
-            for start, run in rest:  # a span the tagger broke in two (B- inside the name)
-                if start == first[0] + len(span):
-                    span += run
-            chosen[field] = span
-        else:
-            chosen[field] = list(runs[0][1])
-    return chosen
-
-
-def _called_total(words: Sequence[str], start: int, reach: int = 3) -> bool:
-    before = " ".join(words[max(0, start - reach) : start + 1])
-    return bool(TOTAL_CUE.search(before)) and not NOT_THE_TOTAL.search(before)
-
-
-def field_scores(truth: Mapping[str, Mapping[str, str]], predicted: Mapping[str, Mapping[str, str]]) -> dict:
-    """Field-level exact match (in :func:`comparable` form) over every receipt's non-empty fields: precision
-    over predicted fields, recall over reference fields, per field and overall."""
-    per_field = {}
-    totals = np.zeros(3, dtype=np.int64)  # correct, predicted, reference
-    for field in SROIE_FIELDS:
-        counts = np.zeros(3, dtype=np.int64)
-        for key, reference in truth.items():
-            expected = comparable(field, reference.get(field, "")) if reference.get(field) else ""
-            value = predicted.get(key, {}).get(field, "")
-            got = comparable(field, value) if value else ""
-            counts += [bool(expected) and got == expected, bool(got), bool(expected)]
-        per_field[field] = _prf(*counts)
-        totals += counts
-    return {"overall": _prf(*totals), "per_field": per_field, "receipts": len(truth)}
-
-
-def field_errors(
-    truth: Mapping[str, Mapping[str, str]],
-    predicted: Mapping[str, Mapping[str, str]],
-    from_true_tags: Mapping[str, Mapping[str, str]],
-) -> dict[str, dict[str, int]]:
-    """Per field, the receipts whose value is wrong, split by cause: a tagging error where the extraction
-    applied to the true tags gets it right, an extraction error (or an annotation the words cannot give)
-    where it gets it wrong too."""
-    errors = {}
-    for field in SROIE_FIELDS:
-        counts = {"errors": 0, "tagging": 0, "extraction": 0}
-        for key, reference in truth.items():
-            if not reference.get(field):
-                continue
-            expected = comparable(field, reference[field])
-            if comparable(field, predicted.get(key, {}).get(field, "")) == expected:
-                continue
-            counts["errors"] += 1
-            oracle = comparable(field, from_true_tags.get(key, {}).get(field, ""))
-            counts["tagging" if oracle == expected else "extraction"] += 1
-        errors[field] = counts
-    return errors
-
-
-def _prf(correct: int, predicted: int, reference: int) -> dict:
-    correct, predicted, reference = int(correct), int(predicted), int(reference)
-    precision = correct / predicted if predicted else 0.0
-    recall = correct / reference if reference else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "correct": correct, "support": reference}
 
 
 # ------------------------------------------------------------------------------------------ confusion
@@ -366,6 +203,12 @@ class Report:
     slices: dict = dataclasses.field(default_factory=dict)
     # per-receipt rows and token errors (receipt_details): written beside the report, never in its JSON
     details: dict = dataclasses.field(default_factory=dict, repr=False)
+    # the table's receipts: field exact match and line items, against their VALID labels' extraction
+    table: dict | None = None
+    # the product-detail labels' scores and macro F1 (table_scores.product_detail_scores)
+    product_details: dict = dataclasses.field(default_factory=dict)
+    # the model on a sample of its own training receipts, and the gap to these (see evaluate)
+    train_sample: dict | None = None
 
     def headline(self) -> dict[str, float]:
         figures = {
@@ -379,6 +222,9 @@ class Report:
                 field_precision=self.fields["overall"]["precision"],
                 field_recall=self.fields["overall"]["recall"],
             )
+        figures.update(table_scores.headline(self.table, self.product_details))
+        if self.train_sample:
+            figures["train_test_entity_f1_gap"] = self.train_sample["entity_f1_gap"]
         return figures
 
     def to_dict(self) -> dict:
@@ -407,11 +253,13 @@ class Report:
                 "Slices (entity level; a merchant is seen when train holds it, a receipt recent when added on or "
                 "after the split's `recent_since`):",
                 "",
-                "| slice | receipts | entities | precision | recall | F1 |",
-                "|---|---:|---:|---:|---:|---:|",
+                "| slice | receipts | entities | precision | recall | F1 | table field F1 | line-item F1 |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|",
             ]
             lines += [
-                f"| {name} | {v['receipts']} | {v['support']} | {_scores_row(v)} |" for name, v in self.slices.items()
+                f"| {name} | {v['receipts']} | {v['support']} | {_scores_row(v)} | {_figure(v.get('field_f1'))} "
+                f"| {_figure(v.get('line_item_f1'))} |"
+                for name, v in self.slices.items()
             ]
         if self.fields:
             errors = self.fields.get("errors") or {}
@@ -439,11 +287,16 @@ class Report:
                     "",
                     f"The extraction applied to the true tags: field F1 {self.fields['from_true_tags']['f1']:.3f}.",
                 ]
+        lines += table_scores.markdown(self.table, self.product_details, self.train_sample)
         return "\n".join(lines) + "\n"
 
 
 def _scores_row(values: Mapping) -> str:
     return f"{values['precision']:.3f} | {values['recall']:.3f} | {values['f1']:.3f}"
+
+
+def _figure(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 def evaluate(
@@ -459,6 +312,9 @@ def evaluate(
     receipts: Mapping[str, Mapping] | None = None,
     train_merchants: set[str] | None = None,
     recent_since: str | None = None,
+    layouts: Mapping[str, table_scores.ReceiptLayout] | None = None,
+    table_date_order: DateOrder = "MDY",
+    train_sample: int = 0,
 ) -> Report:
     """Score a checkpoint on one split of the windows.
 
@@ -467,6 +323,9 @@ def evaluate(
     maps SROIE's field labels (COMPANY, ...) to the label names the model was trained with. ``receipts``
     (key -> source, merchant, added_at: the split's columns), ``train_merchants`` and ``recent_since`` (the
     split record's) give the slices, and with ``words`` the per-receipt table and the token errors.
+    ``layouts`` (the split's words, boxes and lines: table_scores.layouts_of) score the table's receipts' fields
+    and line items, their dates read in ``table_date_order``. ``train_sample`` > 0 also scores the model on that
+    many receipts of the windows' train split (a seeded sample), and the gap between the two.
     """
     windows = WindowSet(manifest, split)
     model = model or load_classifier(checkpoint)
@@ -478,31 +337,40 @@ def evaluate(
     truth = true_receipt_tags(windows)
     names, matrix = confusion_matrix(truth, predicted, windows.label_names)
     fields = None
+    orders = date_orders(table_date_order)
     if words is not None and references:
         field_labels = {name.lower(): label for name, label in (sroie_labels or {}).items()}
         scored = {key: references[key] for key in predicted if key in references}
         guesses = {key: extract_fields(words[key], predicted[key], field_labels) for key in scored}
         oracle = {key: extract_fields(words[key], truth[key], field_labels) for key in scored}
         if scored:
-            fields = field_scores(scored, guesses)
-            fields["errors"] = field_errors(scored, guesses, oracle)
-            fields["from_true_tags"] = field_scores(scored, oracle)["overall"]
+            fields = field_scores(scored, guesses, orders=orders)
+            fields["errors"] = field_errors(scored, guesses, oracle, orders=orders)
+            fields["from_true_tags"] = field_scores(scored, oracle, orders=orders)["overall"]
     counts = receipt_entity_counts(truth, predicted)
+    table = table_scores.table_scores(truth, predicted, layouts or {}, windows.label_names, table_date_order)
+    entity = entity_scores(truth, predicted)
     report = Report(
         checkpoint=checkpoint,
         split=split,
         receipts=len(truth),
         windows=len(windows),
-        entity=entity_scores(truth, predicted),
+        entity=entity,
         fields=fields,
         confusion_labels=names,
         confusion=matrix.tolist(),
         labels=list(windows.label_names),
         receipt_counts=counts,
+        table={name: value for name, value in table.items() if not name.endswith("_counts")} if table else None,
+        product_details=table_scores.product_detail_scores(entity["per_label"]),
     )
+    if train_sample > 0:
+        report.train_sample = score_train_sample(model, manifest, pad_token_id, train_sample, report)
     if receipts is not None:
         groups = slice_groups(receipts, set(truth), train_merchants or set(), recent_since)
         report.slices = slice_scores(counts, groups)
+        for name, figures in table_scores.slice_figures(table, groups).items():
+            report.slices[name].update(figures)
         if words is not None:
             field_labels = {
                 name.lower(): label for name, label in (sroie_labels or {}).items() if label in windows.label_names
@@ -518,8 +386,41 @@ def evaluate(
                 references or {},
                 train_merchants or set(),
                 recent_since,
+                orders,
+                (table or {}).get("item_counts", {}),
             )
     return report
+
+
+def train_sample_keys(receipts: Sequence[str], size: int, seed: int = 0) -> list[str]:
+    """``size`` of ``receipts``, chosen by a seeded hash of each key: the same sample for the same receipts."""
+    ranked = sorted(receipts, key=lambda key: hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest())
+    return sorted(ranked[:size])
+
+
+def score_train_sample(model, manifest: dict, pad_token_id: int, size: int, test: Report) -> dict | None:
+    """The model on a sample of its own training receipts (entity F1, product-detail macro F1) beside the same
+    figures on ``test``'s receipts: a large gap reads as templates memorised. None without train windows."""
+    if not manifest.get("splits", {}).get("train", {}).get("shards"):
+        return None
+    windows = WindowSet(manifest, "train")
+    keys = train_sample_keys(sorted(set(windows.receipts)), size)
+    sample = windows.subset(keys)
+    predicted = receipt_tags(sample, predict(model, sample, pad_token_id))
+    scores = entity_scores(true_receipt_tags(sample), predicted)
+    details = table_scores.product_detail_scores(scores["per_label"])
+    test_macro = test.product_details.get("macro_f1")
+    return {
+        "receipts": len(keys),
+        "entity_f1": scores["overall"]["f1"],
+        "test_entity_f1": test.entity["overall"]["f1"],
+        "entity_f1_gap": scores["overall"]["f1"] - test.entity["overall"]["f1"],
+        "product_detail_macro_f1": details["macro_f1"],
+        "test_product_detail_macro_f1": test_macro,
+        "product_detail_macro_f1_gap": None
+        if details["macro_f1"] is None or test_macro is None
+        else details["macro_f1"] - test_macro,
+    }
 
 
 class ModelFolderError(ExplainedError, ValueError):
@@ -637,10 +538,13 @@ def model_receipt_tags(model, windows: WindowSet, pad_token_id: int) -> dict[str
     return {key: repair_bio([names[i] if i >= 0 else OUTSIDE for i in ids.tolist()]) for key, ids in merged.items()}
 
 
-def score_on_same_receipts(model_dir: str, manifest: dict, split: str, rows, work_dir: str) -> dict:
+def score_on_same_receipts(
+    model_dir: str, manifest: dict, split: str, rows, work_dir: str, table_date_order: DateOrder = "MDY"
+) -> dict:
     """Another model (the production one) scored on the receipts of ``manifest``'s ``split``, against the same
-    true tags: {"labels", "counts", "entity_f1"}. Windows cut with another tokenizer would feed it ids it never
-    learnt, so a model whose tokenizer differs gets the split's ``rows`` cut again with its own."""
+    true tags: {"labels", "counts", "entity_f1", "figures"}, the figures being the table's field and line-item F1
+    and the product-detail macro F1 (table_scores.headline). Windows cut with another tokenizer would feed it ids
+    it never learnt, so a model whose tokenizer differs gets the split's ``rows`` cut again with its own."""
     import json
     from pathlib import PurePosixPath
 
@@ -667,10 +571,15 @@ def score_on_same_receipts(model_dir: str, manifest: dict, split: str, rows, wor
         )
         own_windows = WindowSet(cut, split)
     predicted = model_receipt_tags(model, own_windows, tokenizer.pad_token_id)
+    table = table_scores.table_scores(
+        truth, predicted, table_scores.layouts_of(rows), manifest["labels"], table_date_order
+    )
+    details = table_scores.product_detail_scores(entity_scores(truth, predicted)["per_label"])
     return {
         "labels": labels,
         "counts": receipt_entity_counts(truth, predicted),
         "entity_f1": overall_entity_scores(truth, predicted)["f1"],
+        "figures": table_scores.headline(table, details),
     }
 
 
@@ -732,10 +641,13 @@ def receipt_details(
     references: Mapping[str, Mapping[str, str]],
     train_merchants: set[str],
     recent_since: str | None,
+    orders: Mapping[str, DateOrder] | None = None,
+    item_counts: Mapping[str, Sequence[int]] | None = None,
 ) -> dict:
-    """One row per receipt (its entity scores, word errors and field values predicted against expected, the
-    source's stated values where it has them, else the true tags' extraction), and one row per wrong word
-    with the model's confidence; the entity false positives most confidently wrong first are the review queue."""
+    """One row per receipt (its entity scores, word errors, field values predicted against expected, the
+    source's stated values where it has them, else the true tags' extraction, and for the table's receipts the
+    line items right, predicted and expected), and one row per wrong word with the model's confidence; the
+    entity false positives most confidently wrong first are the review queue."""
     from receipt_pipeline.core.word_table import sortable_time
 
     since = sortable_time(recent_since) if recent_since else None
@@ -766,10 +678,13 @@ def receipt_details(
         if field_labels and len(receipt_words) == len(reference):
             got = extract_fields(receipt_words, guess, field_labels)
             expected = references.get(key) or extract_fields(receipt_words, reference, field_labels)
+            order = order_of(key, orders)
             for name in field_labels:
                 value, want = got.get(name, ""), expected.get(name, "")
                 row[f"{name}_predicted"], row[f"{name}_expected"] = value, want
-                row[f"{name}_correct"] = bool(want) and comparable(name, value) == comparable(name, want)
+                row[f"{name}_correct"] = bool(want) and comparable(name, value, order) == comparable(name, want, order)
+        if item_counts and key in item_counts:
+            row["items_correct"], row["items_predicted"], row["items_expected"] = (int(v) for v in item_counts[key])
         rows.append(row)
         for i in wrong:
             errors.append(

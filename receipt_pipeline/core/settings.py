@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, NonNegativeFloat, NonNegativeInt, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +54,8 @@ class Variables(BaseModel):
     RECEIPT_PIPELINE_PROMOTION_MAX_LABEL_DROP: NonNegativeFloat = DEFAULT_PROMOTION_MAX_LABEL_DROP
     RECEIPT_PIPELINE_ALLOW_LABEL_CHANGE: bool = False
     RECEIPT_PIPELINE_WRITE_PROPOSALS: bool | None = None
+    # how the table's receipts print numeric dates: month first (MDY, the users' US receipts) or day first (DMY)
+    RECEIPT_PIPELINE_TABLE_DATE_ORDER: Literal["MDY", "DMY"] = "MDY"
     # where things go on this machine
     RECEIPT_PIPELINE_SCRATCH: str | None = None  # local copies of runs whose folders live in S3
     # models fetched from S3, a copy per content of a prefix; older copies are pruned after an hour unserved
@@ -83,7 +86,8 @@ def environment(values: Mapping[str, str] | None = None) -> Variables:
     except ValidationError as error:
         problem = error.errors()[0]
         name = str(problem["loc"][0])
-        raise SettingsError(f"{name}={problem.get('input')!r}: {problem['msg'].lower()}") from None
+        message = problem["msg"][:1].lower() + problem["msg"][1:]  # the values it quotes keep their case
+        raise SettingsError(f"{name}={problem.get('input')!r}: {message}") from None
 
 
 def variables() -> dict[str, str]:
@@ -132,6 +136,8 @@ class DeploymentSettings:
     # whether receipt_predictions writes its labels to the table as PENDING proposals: on for the local
     # emulator's table, off in prod unless RECEIPT_PIPELINE_WRITE_PROPOSALS says so (it needs a write policy)
     write_proposals: bool = False
+    # the order the table's receipts print a numeric date's month and day in (SROIE's are always day first)
+    table_date_order: str = "MDY"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> DeploymentSettings:
@@ -151,6 +157,7 @@ class DeploymentSettings:
             "promotion_tolerance": env.RECEIPT_PIPELINE_PROMOTION_TOLERANCE,
             "promotion_max_label_drop": env.RECEIPT_PIPELINE_PROMOTION_MAX_LABEL_DROP,
             "allow_label_change": env.RECEIPT_PIPELINE_ALLOW_LABEL_CHANGE,
+            "table_date_order": env.RECEIPT_PIPELINE_TABLE_DATE_ORDER,
         }
         if deployment == "local":
             data_dir = Path(env.RECEIPT_PIPELINE_DATA_DIR).expanduser().resolve()

@@ -48,6 +48,8 @@ __all__ = [
     "BATCH_SIZE",
     "DEFAULT_UNLABELLED_SHARE",
     "ExpectedTruth",
+    "PrintedFacts",
+    "PrintedItem",
     "SyntheticLabel",
     "SyntheticLine",
     "SyntheticReceipt",
@@ -98,6 +100,7 @@ class SyntheticWord:
     is_noise: bool
     embedding_status: str
     labels: tuple[SyntheticLabel, ...]
+    item: int | None = None  # the line item whose word it is (PrintedFacts.items), if any
 
     @property
     def valid_labels(self) -> tuple[str, ...]:
@@ -117,6 +120,27 @@ class SyntheticLine:
 
 
 @dataclass(frozen=True, slots=True)
+class PrintedItem:
+    product: str
+    quantity: str
+    unit_price: str
+    line_total: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrintedFacts:
+    """What the receipt printed, before OCR noise and labelling: what a perfect reading of it gives."""
+
+    date: str  # ISO 8601
+    time: str  # HH:MM, or HH:MM:SS where the merchant prints seconds, on a 24-hour clock
+    subtotal: str
+    tax: str
+    tip: str | None
+    total: str
+    items: tuple[PrintedItem, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SyntheticReceipt:
     index: int  # position in the seed's sequence
     image_id: str
@@ -128,6 +152,7 @@ class SyntheticReceipt:
     merchant: str
     lines: tuple[SyntheticLine, ...]
     receipts_in_image: int = 1
+    facts: PrintedFacts | None = None
 
     def words(self) -> Iterator[SyntheticWord]:
         for line in self.lines:
@@ -310,6 +335,7 @@ class _Template:
     rule: str  # the separator line
     rules_at: frozenset[str]  # where separators go: "header" (below it), "totals" and "footer" (above them)
     item_layout: str  # one of _ITEM_LAYOUTS
+    name_wrap: int | None  # the name column's width: a longer product name goes on on the next row
     quantity_mark: str  # between the quantity and the unit price: "2 @ 1.99"
     item_indent: int  # of the second line of a two-line item
     quantity_column: int  # where the quantity and the unit price start, in the "columns" layout
@@ -365,6 +391,9 @@ def _template(merchant: str) -> _Template:
     # the columns layout needs room for a product name before the quantity column
     item_layout = rng.choice(_ITEM_LAYOUTS if amount_end >= 38 else _ITEM_LAYOUTS[:3])
     rule_character = rng.choice("-=*_~.")
+    # drawn apart from the rest, so that the merchants' other choices stay what they were before names wrapped
+    wrap = random.Random(f"merchant-name-wrap:{merchant}")
+    name_wrap = wrap.choice((10, 12, 14)) if wrap.random() < 0.3 else None
     return _Template(
         columns=columns,
         amount_end=amount_end,
@@ -393,6 +422,7 @@ def _template(merchant: str) -> _Template:
             place for place, share in (("header", 0.8), ("totals", 0.4), ("footer", 0.4)) if rng.random() < share
         ),
         item_layout=item_layout,
+        name_wrap=name_wrap,
         quantity_mark=rng.choice(("@", "x", "X", "AT")),
         item_indent=rng.choice((2, 3, 4)),
         quantity_column=amount_end - rng.choice((16, 18)),
@@ -425,6 +455,7 @@ class _Token:
     label: str | None = None
     is_amount: bool = False
     is_noise: bool = False
+    item: int | None = None  # the line item it belongs to, numbered from 0 down the receipt
 
 
 @dataclass(slots=True)
@@ -498,33 +529,54 @@ def _date_line(template: _Template, printed_at: datetime) -> _PrintedLine:
 
 def _item_lines(
     rng: random.Random, kind: _MerchantKind, template: _Template, count: int
-) -> tuple[list[_PrintedLine], int]:
-    """The item lines of ``count`` purchases, and the sum of their line totals in cents."""
+) -> tuple[list[_PrintedLine], list[PrintedItem]]:
+    """The item lines of ``count`` purchases, and what each one printed."""
     lines: list[_PrintedLine] = []
-    items_cents = 0
+    items: list[PrintedItem] = []
     margin = template.margin
     for _ in range(count):
         product = rng.choice(kind.products)
         quantity = _weighted(rng, ((1, 0.62), (2, 0.2), (3, 0.08), (4, 0.05), (6, 0.03), (12, 0.02)))
         unit_cents = _price_cents(rng, product, kind.price_cents)
         total_cents = quantity * unit_cents
-        items_cents += total_cents
-        name = _words(product, "PRODUCT_NAME")
-        quantity_token = _Token(str(quantity), "QUANTITY")
+        items.append(PrintedItem(product, str(quantity), _money(unit_cents), _money(total_cents)))
+        number = len(items) - 1
+        name, wrapped = _wrapped_name(product, template.name_wrap, number)
+        quantity_token = _Token(str(quantity), "QUANTITY", item=number)
         mark = _Token(template.quantity_mark)
-        unit = _amount(unit_cents, "UNIT_PRICE")
-        total = _amount(total_cents, "LINE_TOTAL")
+        unit = _Token(_money(unit_cents), "UNIT_PRICE", is_amount=True, item=number)
+        total = _Token(_money(total_cents), "LINE_TOTAL", is_amount=True, item=number)
+        rest_of_name = [_PrintedLine(wrapped, indent=margin + template.item_indent)] if wrapped else []
         if template.item_layout == "two lines":
             lines.append(_PrintedLine(name, [total], indent=margin))
+            lines.extend(rest_of_name)
             lines.append(_PrintedLine([quantity_token, mark, unit], indent=margin + template.item_indent))
         elif template.item_layout == "columns":
             tabbed = [(template.quantity_column, quantity_token), (template.unit_column, unit)]
             lines.append(_PrintedLine(name, [total], indent=margin, tabbed=tabbed))
+            lines.extend(rest_of_name)
         elif template.item_layout == "name first":
             lines.append(_PrintedLine([*name, quantity_token, mark, unit], [total], indent=margin))
+            lines.extend(rest_of_name)
         else:
             lines.append(_PrintedLine([quantity_token, *name, mark, unit], [total], indent=margin))
-    return lines, items_cents
+            lines.extend(rest_of_name)
+    return lines, items
+
+
+def _wrapped_name(product: str, width: int | None, item: int) -> tuple[list[_Token], list[_Token]]:
+    """The name's words on the item's row and those wrapped onto the next: words past ``width`` characters wrap,
+    the first word never."""
+    words = product.split()
+    head = len(words)
+    if width is not None:
+        head = 1
+        while head < len(words) and len(" ".join(words[: head + 1])) <= width:
+            head += 1
+    return (
+        [_Token(word, "PRODUCT_NAME", item=item) for word in words[:head]],
+        [_Token(word, "PRODUCT_NAME", item=item) for word in words[head:]],
+    )
 
 
 def _price_cents(rng: random.Random, product: str, price_range: tuple[int, int]) -> int:
@@ -534,7 +586,11 @@ def _price_cents(rng: random.Random, product: str, price_range: tuple[int, int])
     return max(low, round(list_price * rng.uniform(0.9, 1.1)))
 
 
-def _totals(rng: random.Random, kind: _MerchantKind, template: _Template, items_cents: int) -> list[_PrintedLine]:
+def _totals(
+    rng: random.Random, kind: _MerchantKind, template: _Template, items_cents: int
+) -> tuple[list[_PrintedLine], dict[str, str | None]]:
+    """The lines from the savings to the payment, and the subtotal, tax, tip and total they print."""
+
     def line(words: str, cents: int, label: str, gap_before: float = 0.0) -> _PrintedLine:
         return _PrintedLine(_words(words), [_amount(cents, label)], indent=template.margin, gap_before=gap_before)
 
@@ -558,7 +614,8 @@ def _totals(rng: random.Random, kind: _MerchantKind, template: _Template, items_
     total = subtotal + tax + tip
     lines.append(line(template.total_words, total, "GRAND_TOTAL"))
     lines.extend(_payment(rng, template, total))
-    return lines
+    amounts = {"subtotal": _money(subtotal), "tax": _money(tax), "tip": _money(tip) if tip else None}
+    return lines, amounts | {"total": _money(total)}
 
 
 def _payment(rng: random.Random, template: _Template, total_cents: int) -> list[_PrintedLine]:
@@ -598,14 +655,15 @@ def _rules(template: _Template, place: str) -> list[_PrintedLine]:
 
 def _compose(
     rng: random.Random, kind: _MerchantKind, merchant: str, template: _Template, printed_at: datetime
-) -> list[_PrintedLine]:
-    """The printed lines of one receipt, top to bottom, with 40 to 400 words."""
+) -> tuple[list[_PrintedLine], PrintedFacts]:
+    """The printed lines of one receipt, top to bottom, with 40 to 400 words, and what they print."""
     header = _header(rng, merchant, template, printed_at)
     low, high = kind.item_lines
     count = low + int((high - low) * rng.random() ** 1.8)  # most receipts are short
     while True:
-        items, items_cents = _item_lines(rng, kind, template, count)
-        totals = _totals(rng, kind, template, items_cents)
+        items, printed_items = _item_lines(rng, kind, template, count)
+        items_cents = sum(round(Decimal(item.line_total) * 100) for item in printed_items)
+        totals, amounts = _totals(rng, kind, template, items_cents)
         body = [*header, *_rules(template, "header"), *items, *_rules(template, "totals"), *totals,
                 *_loyalty(rng, template)]  # fmt: skip
         if not template.date_at_top:
@@ -624,7 +682,14 @@ def _compose(
     while sum(line.word_count() for line in body) < MIN_WORDS and (text := next(spare, None)):
         body.append(footer_line(text))
     _add_specks(rng, body, budget=MAX_WORDS - sum(line.word_count() for line in body))
-    return body
+    clock = "%H:%M:%S" if "%S" in template.clock_format else "%H:%M"
+    facts = PrintedFacts(
+        date=printed_at.date().isoformat(),
+        time=printed_at.strftime(clock),
+        items=tuple(printed_items),
+        **amounts,  # type: ignore[arg-type]
+    )
+    return body, facts
 
 
 def _add_specks(rng: random.Random, lines: list[_PrintedLine], budget: int) -> None:
@@ -872,7 +937,7 @@ def _receipt(
     unvalidated = rng.random() < unlabelled_share
     policy = _LabelPolicy(validated=not unvalidated, proposed=not unvalidated or rng.random() < 0.5)
 
-    printed = _compose(rng, kind, merchant, template, printed_at)
+    printed, facts = _compose(rng, kind, merchant, template, printed_at)
     char_width = rng.uniform(10.0, 16.0)  # the photo's resolution
     placed, block_width, block_height = _place(rng, printed, char_width, template)
     angle_degrees = round(max(-MAX_SKEW_DEGREES, min(MAX_SKEW_DEGREES, rng.gauss(0.0, 0.7))), 4)
@@ -904,6 +969,7 @@ def _receipt(
         merchant=merchant,
         lines=tuple(lines),
         receipts_in_image=receipts_in_image,
+        facts=facts,
     )
 
 
@@ -941,6 +1007,7 @@ def _word(
         is_noise=token.is_noise,
         embedding_status=embedding_status,
         labels=_word_labels(rng, text, token.label, policy, labelled_at),
+        item=token.item,
     )
 
 

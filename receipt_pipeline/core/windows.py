@@ -375,6 +375,24 @@ class WindowSet:
             "labels": self.labels[start:end],
         }
 
+    def subset(self, receipts: Iterable[str]) -> WindowSet:
+        """The windows of ``receipts`` alone, in their order here: a sample of a split to score."""
+        wanted = set(receipts)
+        kept = [index for index, key in enumerate(self.receipts) if key in wanted]
+        renumbered = np.full(len(self.receipts), -1, dtype=np.int64)
+        renumbered[kept] = np.arange(len(kept))
+        windows = np.isin(self.window_receipt, kept)
+        tokens = np.repeat(windows, self.lengths)
+        chosen = object.__new__(WindowSet)
+        chosen.label_names, chosen.tags, chosen.augment = self.label_names, self.tags, self.augment
+        for name in ("input_ids", "bbox", "labels", "word_index"):
+            setattr(chosen, name, getattr(self, name)[tokens])
+        chosen.window_receipt = renumbered[self.window_receipt[windows]].astype(self.window_receipt.dtype)
+        chosen.offsets = np.r_[0, np.cumsum(self.lengths[windows])].astype(self.offsets.dtype)
+        chosen.receipts = [self.receipts[index] for index in kept]
+        chosen.receipt_words = self.receipt_words[kept]
+        return chosen
+
     def window_words(self, index: int) -> tuple[str, np.ndarray]:
         """The receipt of a window and the word of each of its tokens (-1 on special tokens)."""
         start, end = self.offsets[index], self.offsets[index + 1]

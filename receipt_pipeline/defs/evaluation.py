@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from receipt_pipeline.core import bio, promotion, storage
+from receipt_pipeline.core import bio, promotion, storage, table_scores
 from receipt_pipeline.core.evaluation import (
+    TRAIN_SAMPLE_MAX,
     confusion_png,
     embedded_png,
     evaluate,
@@ -65,15 +66,23 @@ class EvaluationReportConfig(dg.Config):
     sroie_labels: dict[str, str] = Field(
         default=dict(bio.DEFAULT_SROIE_LABELS), description="SROIE field labels as the model names them."
     )
+    train_sample: int | None = Field(
+        default=None,
+        ge=0,
+        description="Training receipts to score the model on beside the test receipts (the gap reads as templates "
+        f"memorised); default: as many as the split scored, at most {TRAIN_SAMPLE_MAX}; 0: none.",
+    )
 
 
 @dg.asset(
     group_name=GROUP,
-    code_version="3",
+    code_version="4",
     kinds={"seqeval"},
     description="Entity-level (seqeval strict IOB2) and SROIE field-level scores of the checkpoint on the "
-    "test windows, with slices (source, seen or unseen merchant, recent or older), a per-receipt table, token "
-    "errors, a review queue, and the production model scored on the same receipts; Markdown, JSON, PNG, parquet.",
+    "test windows; the table's receipts' field exact match and line items; the product-detail macro F1; the "
+    "gap to a sample of its training receipts; slices (source, seen or unseen merchant, recent or older), a "
+    "per-receipt table, token errors, a review queue, and the production model scored on the same receipts; "
+    "Markdown, JSON, PNG, parquet.",
 )
 def evaluation_report(
     context: dg.AssetExecutionContext,
@@ -88,6 +97,7 @@ def evaluation_report(
     record = bio.record_of(bio_receipt_split.schema.metadata)
     train = bio_receipt_split.filter(pa.compute.equal(bio_receipt_split.column("split"), "train"))
     receipts = {row["key"]: row for row in rows.select(["key", "source", "merchant", "added_at"]).to_pylist()}
+    sample = min(rows.num_rows, TRAIN_SAMPLE_MAX) if config.train_sample is None else config.train_sample
     report = evaluate(
         layoutlm_checkpoint["path"],
         windowed_tensors,
@@ -99,6 +109,9 @@ def evaluation_report(
         receipts=receipts,
         train_merchants=set(train.column("merchant").to_pylist()) - {bio.UNKNOWN_MERCHANT},
         recent_since=record.get("recent_since"),
+        layouts=table_scores.layouts_of(rows),
+        table_date_order=settings.table_date_order,
+        train_sample=sample,
     )
     folder = storage.join(settings.artifact_root, "reports", context.run.run_id)
     basis = evaluation_basis(record, windowed_tensors, config.split)
@@ -108,9 +121,13 @@ def evaluation_report(
     if current is not None:
         with tempfile.TemporaryDirectory(prefix="champion-") as scratch:
             champion = score_on_same_receipts(
-                settings.production_model_root, windowed_tensors, config.split, rows, scratch
+                settings.production_model_root, windowed_tensors, config.split, rows, scratch, settings.table_date_order
             )
         champion["version"] = current.get("checkpoint", {}).get("version", "")
+        # its gap is its own: on its training receipts, recorded with it when it was promoted
+        gap = current.get("scores", {}).get("train_test_entity_f1_gap")
+        if gap is not None:
+            champion["figures"]["train_test_entity_f1_gap"] = gap
     comparable, why = comparability(basis, current.get("basis") if current else None)
     document = {
         **report.to_dict(),
@@ -153,6 +170,16 @@ def evaluation_report(
             ),
             **{name: dg.MetadataValue.path(uri) for name, uri in detail_files.items()},
             "slices": dg.MetadataValue.json(report.slices),
+            **(
+                {
+                    "table_fields": dg.MetadataValue.json(report.table["fields"]),
+                    "line_items": dg.MetadataValue.json(report.table["line_items"] or {}),
+                }
+                if report.table
+                else {}
+            ),
+            "product_details": dg.MetadataValue.json(report.product_details),
+            **({"train_sample": dg.MetadataValue.json(report.train_sample)} if report.train_sample else {}),
             "report_folder": dg.MetadataValue.path(folder),
             "confusion_matrix": dg.MetadataValue.path(storage.join(folder, "confusion.png")),
             "checkpoint": dg.MetadataValue.path(layoutlm_checkpoint["path"]),
@@ -201,5 +228,20 @@ def f1_not_below_production(settings: PipelineSettings, evaluation_report: dict)
             "max_label_drop": decision.max_label_drop,
             "tolerance": decision.tolerance,
             "checkpoint_version": evaluation_report.get("checkpoint", {}).get("version", ""),
+            **gate_figures(evaluation_report),
         },
     )
+
+
+GATE_FIGURES = ("table_field_f1", "line_item_f1", "product_detail_macro_f1", "train_test_entity_f1_gap")
+
+
+def gate_figures(report: dict) -> dict[str, float]:
+    """The figures beside entity F1 for both models, on the same test receipts (a gap each on its own training
+    receipts): NaN where a model has none (no table receipts, no item labels, a gap not recorded)."""
+    production = (report.get("champion") or {}).get("figures", {})
+    figures = {}
+    for name in GATE_FIGURES:
+        figures[f"candidate_{name}"] = float(report[name]) if report.get(name) is not None else float("nan")
+        figures[f"production_{name}"] = float(production[name]) if production.get(name) is not None else float("nan")
+    return figures

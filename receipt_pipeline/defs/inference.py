@@ -17,7 +17,7 @@ from receipt_pipeline.defs.resources import PipelineSettings
 GROUP = "inference"
 CHECK_PROPOSALS = "every_proposal_written"
 # what the review queue in the metadata shows of each receipt
-QUEUE_COLUMNS = ["review_priority", "key", "confidence", "merchant", "date", "total"]
+QUEUE_COLUMNS = ["review_priority", "key", "confidence", "merchant", "date", "total", "items", "items_check"]
 QUEUE_SHOWN = 10
 EXAMPLES_KEPT = 5
 LISTED = 20  # receipt keys named in the metadata; the count says how many there are
@@ -80,14 +80,16 @@ def _previous_read(context: dg.AssetExecutionContext) -> str | None:
 
 @dg.asset(
     group_name=GROUP,
-    code_version="1",
+    code_version="2",
     kinds={"dynamodb", "huggingface", "pandas"},
     deps=[TABLE_KEY],
     check_specs=[dg.AssetCheckSpec(CHECK_PROPOSALS, asset="receipt_predictions")],
     description="The production model over the table's receipts (default: those with no VALID label): a label "
-    "and confidence per word, and per receipt its merchant, address, ISO date, total and other amounts with their "
-    "confidences, least confident first; parquet. With write_proposals, each label above min_confidence is "
-    "written back as a PENDING word label, never over an existing one.",
+    "and confidence per word; per receipt its merchant, address, phone, ISO date, 24-hour time, total and other "
+    "amounts with their confidences; its line items (product, quantity, unit price, line total), checked against "
+    "the subtotal; receipts whose items do not add up first, then the least confident; parquet and CSV. With "
+    "write_proposals, each label above min_confidence is written back as a PENDING word label, never over an "
+    "existing one.",
 )
 def receipt_predictions(
     context: dg.AssetExecutionContext,
@@ -115,8 +117,13 @@ def receipt_predictions(
     if read.skipped_total:
         context.log.warning(f"skipped {read.skipped_total} bad items in {table}: {dict(read.skipped)}")
     predicted = inference.predict_words(
-        loaded, read.frame, batch_size=config.batch_size, chunk_receipts=config.chunk_receipts
+        loaded,
+        read.frame,
+        batch_size=config.batch_size,
+        chunk_receipts=config.chunk_receipts,
+        table_date_order=settings.table_date_order,
     )
+    not_adding_up = int(predicted.receipts["items_flagged"].sum()) if len(predicted.receipts) else 0
     folder = storage.join(settings.artifact_root, "predictions", context.run.run_id)
     files = inference.write_tables(folder, predicted)
     png = inference.confidence_histogram_png(predicted.words)
@@ -141,10 +148,7 @@ def receipt_predictions(
         "left_out": dict(left_out),
         **(written.to_dict() if written else {}),
     }
-    examples = [
-        inference.receipt_summary(predicted.receipts, predicted.words, key)
-        for key in predicted.receipts["key"].head(EXAMPLES_KEPT)
-    ]
+    examples = [inference.receipt_summary(predicted, key) for key in predicted.receipts["key"].head(EXAMPLES_KEPT)]
     document = {
         "table": table,
         "scope": config.scope,
@@ -155,6 +159,8 @@ def receipt_predictions(
         "receipts": read.receipts,
         "words": len(predicted.words),
         "entity_words": predicted.entity_words,
+        "line_items": len(predicted.items),
+        "receipts_not_adding_up": not_adding_up,
         "labels_per_kind": dict(predicted.labels_per_kind),
         "receipts_without_words": read.receipts_without_words[:LISTED],
         "folder": folder,
@@ -182,6 +188,9 @@ def receipt_predictions(
             "undated_receipts": read.undated_receipts,
             "words": len(predicted.words),
             "entity_words": predicted.entity_words,
+            "line_items": len(predicted.items),
+            # line totals that do not come to the subtotal: these receipts head the review queue
+            "receipts_not_adding_up": not_adding_up,
             "labels_per_kind": dg.MetadataValue.md(_markdown_counts(dict(predicted.labels_per_kind), "label", "words")),
             "confidence_histogram": dg.MetadataValue.md(embedded_png("word confidence", png)),
             "review_queue": dg.MetadataValue.md(_queue_markdown(predicted.receipts)),

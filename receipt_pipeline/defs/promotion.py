@@ -6,6 +6,10 @@ from receipt_pipeline.core import promotion, storage
 from receipt_pipeline.defs.resources import PipelineSettings
 
 GROUP = "promotion"
+# what production.json records of the report that promoted the model; a later gate reads its gap from here
+PROMOTED_SCORES = (
+    "entity_f1", "field_f1", "table_field_f1", "line_item_f1", "product_detail_macro_f1", "train_test_entity_f1_gap",
+)  # fmt: skip
 
 
 def promotion_decision(settings: PipelineSettings, report: dict) -> promotion.PairedDecision:
@@ -64,7 +68,7 @@ def production_model(
         root,
         {
             "checkpoint": evaluation_report["checkpoint"],
-            "scores": {name: evaluation_report.get(name) for name in ("entity_f1", "field_f1")},
+            "scores": {name: evaluation_report.get(name) for name in PROMOTED_SCORES},
             "basis": evaluation_report.get("basis"),
             "labels": evaluation_report.get("labels", []),
             "report": {"folder": report_folder, "dagster_run_id": evaluation_report.get("dagster_run_id", "")},

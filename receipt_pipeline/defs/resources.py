@@ -32,6 +32,8 @@ class PipelineSettings(dg.ConfigurableResource):
     optuna_storage: str | None = None
     # receipt_predictions' default for writing label proposals to the table (its config can override it)
     write_proposals: bool = False
+    # how the table's receipts print numeric dates (RECEIPT_PIPELINE_TABLE_DATE_ORDER): MDY, or DMY
+    table_date_order: str = "MDY"
 
     @property
     def production_model_root(self) -> str:
@@ -53,6 +55,7 @@ class PipelineSettings(dg.ConfigurableResource):
             allow_label_change=settings.allow_label_change,
             optuna_storage=settings.optuna_storage,
             write_proposals=settings.write_proposals,
+            table_date_order=settings.table_date_order,
         )
 
     def require_aws(self) -> None:

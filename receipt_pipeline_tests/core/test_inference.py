@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from receipt_pipeline.core import inference, promotion, storage, word_table
+from receipt_pipeline.core import bio, fields, inference, promotion, storage, word_table
 from receipt_pipeline.core.dynamo_reader import ReceiptReadError, read_receipts_to_predict
 from receipt_pipeline.core.training import weights_digest
 from receipt_pipeline_tests.dynamo_items import box, label_item, put_items, receipt_item, word_item
@@ -101,17 +101,20 @@ def test_fields_are_normalised_and_as_confident_as_their_weakest_word():
     row = inference.receipt_row("k", group, tags, confidence, labels)
     assert row["merchant"] == "COFFEE HOUSE" and row["merchant_confidence"] == 0.6
     assert row["address"] == "12 MAIN ST" and row["address_confidence"] == 0.7
-    assert row["date"] == "2024-03-05" and row["date_text"] == "05/03/2024" and row["date_confidence"] == 0.95
+    # a table receipt is a US one: month first, unless the deployment says its receipts print the day first
+    assert row["date"] == "2024-05-03" and row["date_text"] == "05/03/2024" and row["date_confidence"] == 0.95
+    assert inference.receipt_row("k", group, tags, confidence, labels, "DMY")["date"] == "2024-03-05"
     assert row["total"] == "9.50" and row["total_text"] == "RM9.50" and row["total_confidence"] == 0.97
     assert row["subtotal"] == "9.00" and row["subtotal_confidence"] == 0.5
     # the model has a TAX label but found none; TIP it does not know at all
     assert row["tax"] is None and row["tax_confidence"] is None and row["tip"] is None
+    assert row["items"] == 0 and row["items_check"] == "unchecked" and not row["items_flagged"]
     assert row["confidence"] == 0.6, "the weakest key field"
     assert row["words"] == 11 and row["entity_words"] == 8
 
     unreadable = inference.receipt_row("k", group, ["O"] * 3 + ["B-DATE"] + ["O"] * 7, confidence, labels)
     assert unreadable["date"] is None and unreadable["date_text"] == "MAIN"
-    assert inference.normalised("date", "JAN") is None and inference.normalised("total", "TOTAL") is None
+    assert fields.value("date", "JAN") is None and fields.value("total", "TOTAL") is None
     assert unreadable["confidence"] == 0.0, "a key field not found puts the receipt first in the queue"
 
 
@@ -126,6 +129,66 @@ def test_the_review_queue_is_least_confident_first():
     ordered = inference.with_review_priority(receipts)
     assert ordered["key"].tolist() == ["c", "d", "b", "a"]
     assert ordered["review_priority"].tolist() == [1, 2, 3, 4]
+
+
+def _printed_receipt(image_id: str, rows: list[list[tuple[str, str | None]]]) -> pd.DataFrame:
+    """A word table of one receipt: each row a printed line of (text, label), words 10 characters apart."""
+    columns: dict[str, list] = {name: [] for name in word_table.COLUMNS}
+    for line_id, row in enumerate(rows, start=1):
+        for word_id, (text, label) in enumerate(row, start=1):
+            x, y = 0.05 + 0.09 * (word_id - 1), 0.05 + 0.04 * (line_id - 1)
+            values = dict(source="dynamo", source_split=None, image_id=image_id, receipt_id=1, line_id=line_id,
+                          word_id=word_id, text=text, x0=x, y0=y, x1=x + 0.07, y1=y + 0.025, confidence=0.99,
+                          labels=[label] if label else [], label=label)  # fmt: skip
+            for name, value in values.items():
+                columns[name].append(value)
+    return word_table.to_frame(columns)
+
+
+def test_line_items_are_read_checked_against_the_subtotal_and_a_receipt_that_does_not_add_up_goes_first():
+    rows = [
+        [("CORNER", "MERCHANT_NAME"), ("MART", "MERCHANT_NAME")],
+        [("07/28/2025", "DATE"), ("7:42", "TIME"), ("PM", "TIME")],
+        [("WHOLE", "PRODUCT_NAME"), ("MILK", "PRODUCT_NAME"), ("6.98", "LINE_TOTAL")],
+        [("2", "QUANTITY"), ("@", None), ("3.49", "UNIT_PRICE")],
+        [("BANANAS", "PRODUCT_NAME"), ("0.73", "LINE_TOTAL")],
+        [("SUBTOTAL", None), ("7.71", "SUBTOTAL")],
+        [("TOTAL", None), ("$7.71", "GRAND_TOTAL")],
+    ]
+    labels = ["DATE", "GRAND_TOTAL", "LINE_TOTAL", "MERCHANT_NAME", "PRODUCT_NAME", "QUANTITY", "SUBTOTAL", "TIME",
+              "UNIT_PRICE"]  # fmt: skip
+    good = _printed_receipt("aaaaaaaa-0000-4000-8000-000000000001", rows)
+    # the same receipt with its second item's total misread: 7.71 is no longer the sum
+    bad = _printed_receipt("aaaaaaaa-0000-4000-8000-000000000002", rows[:4] + [rows[4][:1] + [("0.78", "LINE_TOTAL")]]
+                           + rows[5:])  # fmt: skip
+    read = {}
+    for frame in (good, bad):
+        key = word_table.receipt_key("dynamo", frame["image_id"].iloc[0], 1)
+        tags = bio.bio_tags([label if isinstance(label, str) else None for label in frame["label"]])
+        read[key] = inference.read_receipt(key, frame, tags, np.full(len(frame), 0.9), labels)
+    (good_row, good_items), (bad_row, _) = read.values()
+    assert [(i["product"], i["quantity"], i["unit_price"], i["line_total"], i["line_ids"]) for i in good_items] == [
+        ("WHOLE MILK", "2", "3.49", "6.98", [3, 4]),
+        ("BANANAS", None, None, "0.73", [5]),
+    ]
+    assert good_row["date"] == "2025-07-28" and good_row["time"] == "19:42" and good_row["total"] == "7.71"
+    assert good_row["items"] == 2 and good_row["items_check"] == "adds_up" and not good_row["items_flagged"]
+    assert bad_row["items_check"] == "does_not_add_up" and bad_row["items_sum"] == "7.76"
+    assert bad_row["items_expected"] == "subtotal 7.71" and bad_row["items_flagged"]
+
+    # the one that does not add up goes first, even when it is the more confident
+    table = pd.DataFrame([good_row, {**bad_row, "confidence": 0.99}], columns=inference.receipt_columns()[:-1])
+    ordered = inference.with_review_priority(table)
+    assert ordered["key"].tolist() == [bad_row["key"], good_row["key"]]
+
+    words = pd.concat([good, bad], ignore_index=True).assign(tag="O", key="")
+    items = pd.DataFrame([item for _, rows_of in read.values() for item in rows_of], columns=inference.ITEM_COLUMNS)
+    predictions = inference.Predictions(words, ordered, "v1", items)
+    summary = inference.receipt_summary(predictions, good_row["key"])
+    assert [item["product"] for item in summary["line_items"]] == ["WHOLE MILK", "BANANAS"]
+    assert summary["line_items"][0]["line_ids"] == [3, 4]
+    assert summary["items_check"] == {"status": "adds_up", "items_sum": "7.71", "expected": "subtotal 7.71",
+                                      "flagged": False}  # fmt: skip
 
 
 def _long_receipt(words: pd.DataFrame) -> pd.DataFrame:
@@ -157,6 +220,9 @@ def test_every_word_gets_one_label_and_confidence_whatever_the_windows_and_chunk
     receipts = len(table.groupby(["image_id", "receipt_id"]))
     assert predicted.receipts["review_priority"].tolist() == list(range(1, receipts + 1))
     assert list(predicted.receipts.columns) == inference.receipt_columns()
+    assert list(predicted.items.columns) == inference.ITEM_COLUMNS
+    per_receipt = predicted.items.groupby("key").size()
+    assert all(per_receipt.get(row.key, 0) == row.items for row in predicted.receipts.itertuples())
 
     chunked = inference.predict_words(loaded, table, chunk_receipts=1, batch_size=3)
     pd.testing.assert_frame_equal(chunked.words.drop(columns="confidence"), predicted.words.drop(columns="confidence"))

@@ -114,11 +114,15 @@ def _label_runs(words: Iterable[synthetic.SyntheticWord]) -> tuple[str | None, .
 
 def _layout(receipt: SyntheticReceipt) -> tuple:
     """What a merchant's template fixes, read off one of its receipts: the header's lines, the first item's
-    lines and the words printed beside the subtotal, tax and total."""
+    lines and the words printed beside the subtotal, tax and total. A row holding only the rest of a wrapped
+    product name is the product's, not the template's: whether a name wraps depends on its length."""
     lines = receipt.lines
     first_item = next(i for i, line in enumerate(lines) if any(w.truth == "PRODUCT_NAME" for w in line.words))
     header = tuple(_label_runs(line.words) for line in lines[:first_item])
-    item = tuple(_label_runs(line.words) for line in lines[first_item : first_item + 2])
+    item_lines = [
+        line for line in lines[first_item:] if {w.truth for w in line.words if not w.is_noise} != {"PRODUCT_NAME"}
+    ]
+    item = tuple(_label_runs(line.words) for line in item_lines[:2])
     wording = tuple(
         " ".join(word.printed_text for word in line.words if word.truth is None and not word.is_noise)
         for line in lines

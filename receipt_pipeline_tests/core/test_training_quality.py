@@ -6,7 +6,8 @@ import pyarrow as pa
 import pytest
 
 from receipt_pipeline.core import bio
-from receipt_pipeline.core.evaluation import entity_scores, evaluate, field_scores, true_receipt_tags
+from receipt_pipeline.core.evaluation import entity_scores, evaluate, true_receipt_tags
+from receipt_pipeline.core.fields import field_scores
 from receipt_pipeline.core.sroie import read_sroie
 from receipt_pipeline.core.training import train
 from receipt_pipeline.core.training_options import TrainingOptions

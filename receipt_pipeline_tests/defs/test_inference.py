@@ -86,6 +86,12 @@ def test_predictions_tables_metadata_and_proposals_written_once(deployment, caps
     assert receipts["key"].tolist() == [f"dynamo/{NEW}/00001"] and receipts["review_priority"].tolist() == [1]
     assert document["examples"][0]["key"] == f"dynamo/{NEW}/00001" and len(document["examples"][0]["words"]) == 8
     assert set(document["examples"][0]["fields"]) == set(inference.FIELD_LABELS)
+    # the line-item table beside them, as parquet and CSV, one row per item the receipts table counts
+    items = pd.read_parquet(document["line_items_table"])
+    assert list(items.columns) == inference.ITEM_COLUMNS and len(pd.read_csv(document["line_items_csv"])) == len(items)
+    assert len(items) == receipts["items"].sum() == metadata["line_items"] == document["line_items"]
+    assert metadata["receipts_not_adding_up"] == int(receipts["items_flagged"].sum())
+    assert document["examples"][0]["items_check"]["status"] in ("adds_up", "does_not_add_up", "unchecked")
 
     # every labelled word proposed (min_confidence 0), but the one a person had labelled so already
     entities = words.dropna(subset=["label"])
@@ -110,7 +116,7 @@ def test_predictions_tables_metadata_and_proposals_written_once(deployment, caps
     cli._print_predictions(Path(settings.artifact_root) / "assets" / "receipt_predictions.json")
     said = capsys.readouterr().out
     assert f"Predictions on 1 unlabelled receipt (8 words), model {version}" in said
-    assert f"dynamo/{NEW}/00001, the least confident" in said
+    assert f"dynamo/{NEW}/00001, first in the review queue" in said and "line items (" in said
     assert f"label proposals written to {table}: {len(entities) - 1} (PENDING" in said and "1 already there" in said
 
     again = _run(settings, instance)

@@ -168,6 +168,11 @@ def test_the_gate_scores_production_on_the_same_receipts_and_refuses_a_label_cha
         assert set(deltas) == set(check.metadata["labels_compared"].value) and deltas
         assert all(delta["delta"] == 0.0 and delta["support"] >= 0 for delta in deltas.values())
         assert report["production_f1_on_these_receipts"] == report["entity_f1"]
+        # the figures beside entity F1, for both models: the same model gives the same figures
+        for name in evaluation.GATE_FIGURES:
+            candidate, production = (check.metadata[f"{who}_{name}"].value for who in ("candidate", "production"))
+            assert candidate == pytest.approx(production), name
+            assert candidate == pytest.approx(report[name]), name
         assert report["comparable_with_production_report"] is True, report["comparability"]
         assert len(promoted_events) == 1
 
@@ -245,6 +250,41 @@ def test_the_report_has_slices_a_per_receipt_table_token_errors_and_a_review_que
     dynamo = receipts[receipts["source"] == "dynamo"]
     correct, found, true = dynamo[["entities_correct", "entities_predicted", "entities_true"]].sum()
     assert slices["source: dynamo"]["f1"] == pytest.approx(2 * correct / (found + true) if found + true else 0.0)
+
+
+def test_the_report_scores_the_tables_fields_and_line_items_the_product_details_and_the_training_gap(local_run):
+    import pandas as pd
+
+    result, _, _ = local_run
+    report = _metadata(result, "evaluation_report")
+    document = json.loads(storage.read_bytes(storage.join(report["report_folder"], "report.json")))
+    table = document["table"]
+    # the table's receipts, scored as SROIE's are: each field's exact match, against their VALID labels' reading
+    assert table["receipts"] == report["slices"]["source: dynamo"]["receipts"] > 0
+    assert {"merchant", "date", "time", "total", "subtotal", "tax"} <= set(table["fields"]["per_field"])
+    assert table["fields"]["date_order"] == "MDY"
+    assert report["table_field_f1"] == table["fields"]["overall"]["f1"] == report["table_fields"]["overall"]["f1"]
+    items = table["line_items"]
+    assert items["support"] > 0 and report["line_item_f1"] == items["f1"]
+    assert set(items["items_not_adding_up"]) == {"reference", "predicted"}
+    receipts = pd.read_parquet(report["receipts_table"])
+    dynamo = receipts[receipts["source"] == "dynamo"]
+    assert dynamo["items_expected"].sum() == items["support"] and dynamo["items_correct"].sum() == items["correct"]
+    # the product-detail labels with their precision and recall, and their macro F1
+    details = report["product_details"]
+    assert set(details["labels"]) == {"PRODUCT_NAME", "QUANTITY", "UNIT_PRICE", "LINE_TOTAL"}
+    assert all({"precision", "recall", "f1", "support"} <= set(v) for v in details["labels"].values())
+    assert details["macro_f1"] == pytest.approx(sum(v["f1"] for v in details["labels"].values()) / 4)
+    assert report["product_detail_macro_f1"] == details["macro_f1"]
+    # the model on as many of its own training receipts as it was scored on here
+    sample = report["train_sample"]
+    assert sample["receipts"] == report["receipts"] and sample["test_entity_f1"] == report["entity_f1"]
+    assert report["train_test_entity_f1_gap"] == pytest.approx(sample["entity_f1"] - report["entity_f1"])
+    # in the seen and unseen slices too, over their table receipts
+    merchant_slices = {k: v for k, v in report["slices"].items() if k.startswith("merchant: ") and "field_f1" in v}
+    assert merchant_slices and sum(v["table_receipts"] for v in merchant_slices.values()) == table["receipts"]
+    for needle in ("The table's fields", "Line items", "Product details", "of its own training receipts"):
+        assert needle in report["report"]
 
 
 def test_a_second_report_on_the_same_checkpoint_shows_no_f1_change(local_run):
