@@ -397,8 +397,11 @@ def predict(checkpoint: str, sroie_dir: str, as_json: bool) -> None:
     for summary in summaries:
         confidence = summary["confidence"]
         click.echo(f"\n{summary['key']}" + (f" (confidence {confidence:.3f})" if confidence is not None else ""))
-        for line in field_lines(summary) + item_lines(summary):
+        for line in field_lines(summary):
             click.echo(line)
+        click.echo(f"  line items ({len(summary['line_items'])}):")
+        for line in item_lines(summary):
+            click.echo(f"  {line}")
 
 
 @main.command()

@@ -11,8 +11,8 @@ top to bottom into items:
   quantity line), except a quantity line whose arithmetic (quantity times unit price) gives the next item's total
   and not the open one's, which goes with the next item;
 - a name alone after a name alone, or a name on the row of the prices that follow a name alone, wraps the name;
-- a name alone after a priced item wraps that item's name when it is indented under it, or when no line total
-  follows it; else it is the next item's name.
+- a name alone after a priced item wraps that item's name when it is indented under it or when a quantity line
+  without a total follows it; else it is the next item's name.
 
 An item's confidence is its least confident word's. A receipt whose line totals do not add up to its subtotal
 (or, with no subtotal, to its total less tax and tip) is flagged: :func:`check_items`.
@@ -129,11 +129,14 @@ def assemble_items(
     ordered = [fragments[row] for row in sorted(fragments)]
     heights = np.abs(boxes[:, 3] - boxes[:, 1])
     indent = 0.5 * float(np.median(heights[heights > 0])) if (heights > 0).any() else 0.0
+    # where this receipt's item rows start (a speck before one shifts that one alone)
+    priced = [_left(fragment, boxes) for fragment in ordered if "line_total" in fragment]
+    column = float(np.median(priced)) if priced else float("inf")
     joined: list[dict[str, list[int]]] = []
     current: dict[str, list[int]] | None = None
     for position, fragment in enumerate(ordered):
         following = ordered[position + 1] if position + 1 < len(ordered) else None
-        indented = current is not None and _name_left(fragment, boxes) > _left(current, boxes) + indent
+        indented = current is not None and _name_left(fragment, boxes) > min(_left(current, boxes), column) + indent
         if current is not None and _continues(current, fragment, following, indented, words):
             for name, indices in fragment.items():
                 current.setdefault(name, []).extend(indices)
@@ -163,7 +166,7 @@ def _continues(
     words: Sequence[str],
 ) -> bool:
     """Whether ``fragment`` (a row's item words) belongs to the open item ``current``; ``indented``: the row's
-    name starts right of where the item starts."""
+    name starts right of where the item (or the receipt's items) start."""
     mine, theirs = set(current), set(fragment)
     if not mine & theirs:
         if theirs <= {"quantity", "unit_price"} and {"product", "line_total"} <= mine and following is not None:
@@ -174,8 +177,9 @@ def _continues(
     if "product" in theirs and mine == {"product"}:
         return True  # the name's last words, on the row of its prices
     if theirs == {"product"} and "product" in mine and mine & _PRICES:
-        # a name wrapped after its prices: indented under it, or not followed by the prices a new name would need
-        return indented or following is None or "line_total" not in following
+        # a name wrapped after its prices is indented under the item, or followed by the item's quantity line; a
+        # name level with the item is the next item's, whose prices follow or went unlabelled
+        return indented or (following is not None and not {"product", "line_total"} & set(following))
     return False
 
 

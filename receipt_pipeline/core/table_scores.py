@@ -65,9 +65,10 @@ def receipt_readings(
     model_labels: Sequence[str],
 ) -> dict:
     """Per table receipt (of ``truth``'s with a layout): its fields and items read from the true tags and from the
-    predicted ones, and whether each reading's items add up."""
+    predicted ones, with the amounts and the savings their check against the subtotal reads."""
     field_labels = fields.labels_for(model_labels, fields.TABLE_FIELDS)
-    amount_labels = fields.labels_for(model_labels, ("subtotal", "total", "tax", "tip"))
+    # the items' check also reads the tip, a field the report does not score
+    read_labels = fields.labels_for(model_labels, (*fields.TABLE_FIELDS, "tip"))
     readings = {}
     for key in sorted(truth):
         layout = layouts.get(key)
@@ -77,12 +78,11 @@ def receipt_readings(
         for name, tags in (("reference", list(truth[key])), ("predicted", list(predicted.get(key, ())))):
             if len(tags) != len(layout.words):
                 tags = [fields.OUTSIDE] * len(layout.words)
-            items = line_items.assemble_items(layout.words, tags, layout.boxes, layout.line_ids)
-            amounts = fields.extract_fields(layout.words, tags, amount_labels)
+            read = fields.extract_fields(layout.words, tags, read_labels)
             per_reading[name] = {
-                "fields": fields.extract_fields(layout.words, tags, field_labels),
-                "items": items,
-                "amounts": amounts,
+                "fields": {field: read[field] for field in field_labels},
+                "items": line_items.assemble_items(layout.words, tags, layout.boxes, layout.line_ids),
+                "amounts": {field: read.get(field) for field in ("subtotal", "total", "tax", "tip")},
                 "adjustments": line_items.adjustment_amounts(layout.words, tags),
             }
         readings[key] = per_reading
@@ -120,8 +120,8 @@ def table_scores(
     for reading in receipts.values():
         for name in not_adding_up:
             side = reading[name]
-            order_free = {field: fields.value(field, text) for field, text in side["amounts"].items()}
-            not_adding_up[name] += line_items.check_items(side["items"], order_free, side["adjustments"]).flagged
+            amounts = {field: fields.value(field, text) for field, text in side["amounts"].items()}
+            not_adding_up[name] += line_items.check_items(side["items"], amounts, side["adjustments"]).flagged
     return {
         "receipts": len(receipts),
         "fields": {

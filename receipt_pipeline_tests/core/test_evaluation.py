@@ -71,3 +71,12 @@ def test_the_confusion_matrix_counts_words_and_draws_a_png():
     assert matrix.tolist() == [[1, 0, 1], [1, 0, 0], [0, 0, 1]]
     png = evaluation.confusion_png(names, np.asarray(matrix))
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+
+
+def test_the_training_sample_is_chosen_by_key_the_same_for_the_same_receipts():
+    keys = [f"dynamo/r{i}/00001" for i in range(50)]
+    sample = evaluation.train_sample_keys(keys, 10)
+    assert len(sample) == 10 and set(sample) <= set(keys) and sample == sorted(sample)
+    assert evaluation.train_sample_keys(list(reversed(keys)), 10) == sample, "order does not matter"
+    assert set(sample) <= set(evaluation.train_sample_keys(keys, 20)), "a larger sample holds the smaller"
+    assert evaluation.train_sample_keys(keys[:5], 10) == sorted(keys[:5])

@@ -198,6 +198,21 @@ def test_shards_round_trip_unpadded_with_their_manifest(tokenizer, tmp_path, whe
             assert a == b
 
 
+def test_a_subset_holds_its_receipts_windows_alone_and_merges_back_to_their_words(tokenizer, tmp_path):
+    table = _split_table()
+    manifest, _ = windows.write_windows(table.to_batches(), tokenizer, LABELS, str(tmp_path / "windows"))
+    train = WindowSet(manifest, "train")
+    chosen = train.receipts[1:3]
+    subset = train.subset([*chosen, "dynamo/not-there/00001"])
+    assert subset.receipts == chosen and len(subset) < len(train)
+    assert int(subset.lengths.sum()) == len(subset.input_ids) == len(subset.labels)
+    rows = table.filter(pa.compute.is_in(table.column("key"), pa.array(chosen)))
+    truth = dict(zip(rows.column("key").to_pylist(), rows.column("tags").to_pylist(), strict=True))
+    merged = merge_word_predictions(subset, [subset[i]["labels"] for i in range(len(subset))])
+    assert {key: [TAGS[i] for i in ids] for key, ids in merged.items()} == truth
+    assert len(train.subset([])) == 0
+
+
 def test_an_unknown_tag_names_the_receipt(tokenizer):
     with pytest.raises(windows.WindowError, match="dynamo/long/00001.*B-TIP"):
         _windows_of(tokenizer, ["tip"], np.zeros((1, 4), np.int16), ["B-TIP"])
