@@ -458,9 +458,11 @@ def infer(
     predicted = inference.predict_words(loaded, read.frame, table_date_order=settings.table_date_order)
     summary = inference.receipt_summary(predicted, predicted.receipts["key"].iloc[0])
     if as_json:
-        click.echo(json.dumps({"table": table, "model": {"path": source, "version": loaded.version}, **summary}))
+        document = {"table": table, "model": {"path": source, "version": loaded.version}, **summary}
+        click.echo(json.dumps({**document, "clamped_words": read.clamped_words}))
         return
-    click.echo(f"receipt {image_id} {receipt_id:05d} of table {table}: {len(summary['words'])} words")
+    clamped = f" ({read.clamped_words} with a box past the receipt's edge, clamped)" if read.clamped_words else ""
+    click.echo(f"receipt {image_id} {receipt_id:05d} of table {table}: {len(summary['words'])} words{clamped}")
     click.echo(f"model {loaded.version} ({source})")
     click.echo("fields:")
     for line in field_lines(summary):

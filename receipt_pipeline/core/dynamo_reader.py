@@ -74,7 +74,6 @@ class ReadOptions:
     label_merges: Mapping[str, str] = field(default_factory=dict)
     read_parallelism: int = 8
     strategy: Strategy = "gsi3"
-    coordinate_tolerance: float = 0.01
     max_bad_share: float = 0.05
 
 
@@ -90,6 +89,8 @@ class ReadResult:
     skipped_keys: list[str] = field(default_factory=list)  # "PK|SK: reason (detail)", the first few
     label_counts: Counter = field(default_factory=Counter)  # final label -> words
     words_with_conflicting_labels: int = 0
+    # words whose box overhung the receipt, kept with the box clamped into it
+    clamped_words: int = 0
     newest_label_timestamp: str | None = None
     # receipt key (word_table.receipt_key) -> the receipt item's timestamp_added, for the receipts read that have one
     receipt_added: dict[str, str] = field(default_factory=dict)
@@ -252,6 +253,7 @@ class _Partial:
     skipped_keys: list[str] = field(default_factory=list)
     considered: int = 0
     conflicts: int = 0
+    clamped: int = 0  # words kept with their box clamped into the receipt
     newest_label_timestamp: str = ""
     receipt_added: dict[ReceiptKey, str] = field(default_factory=dict)  # the receipt item's timestamp_added
 
@@ -354,7 +356,7 @@ def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Parti
         seen.add(identity)
         try:
             if item_type == RECEIPT_WORD:
-                word = parse_word(item, options.coordinate_tolerance)
+                word = parse_word(item)
                 words[word.key] = word
             else:
                 labels.append(parse_label(item))
@@ -394,6 +396,7 @@ def assemble(items: Iterable[Mapping[str, Any]], options: ReadOptions) -> _Parti
         word_labels = accepted.get(key, [])
         chosen, conflicted = _choose_label(word_labels, options)
         partial.conflicts += conflicted
+        partial.clamped += word.clamped
         _append_word(columns, key, word, {label.label for label in word_labels}, chosen)
         for label in word_labels:
             partial.saw_label_added(label.timestamp_added)
@@ -453,6 +456,7 @@ def _combine(partials: list[_Partial], options: ReadOptions, tally: _Tally, snap
         skipped_keys=[key for p in partials for key in p.skipped_keys][:MAX_LISTED_BAD_KEYS],
         label_counts=Counter(frame["label"].dropna().tolist()),
         words_with_conflicting_labels=sum(p.conflicts for p in partials),
+        clamped_words=sum(p.clamped for p in partials),
         newest_label_timestamp=max((p.newest_label_timestamp for p in partials), default="", key=_sortable) or None,
         receipt_added={
             word_table.receipt_key(word_table.SOURCE_DYNAMO, *key): stamp
@@ -568,6 +572,7 @@ class PredictionRead:
     skipped: Counter = field(default_factory=Counter)
     skipped_keys: list[str] = field(default_factory=list)
     receipt_added: dict[str, str] = field(default_factory=dict)
+    clamped_words: int = 0  # words whose box overhung the receipt, kept with the box clamped into it
 
     @property
     def skipped_total(self) -> int:
@@ -629,7 +634,7 @@ def _receipt_items(client, table: str, receipt: ReceiptKey, tally: _Tally) -> li
     )
 
 
-def _prediction_partial(items: Iterable[Mapping[str, Any]], tolerance: float) -> _Partial:
+def _prediction_partial(items: Iterable[Mapping[str, Any]]) -> _Partial:
     """The words of one receipt with their VALID labels; a bad item is skipped and counted, as in :func:`assemble`."""
     partial = _Partial()
     words: dict[WordKey, Word] = {}
@@ -644,7 +649,7 @@ def _prediction_partial(items: Iterable[Mapping[str, Any]], tolerance: float) ->
         seen.add(identity)
         try:
             if _item_type(item) == RECEIPT_WORD:
-                word = parse_word(item, tolerance)
+                word = parse_word(item)
                 words[word.key] = word
             else:
                 label = parse_label(item)
@@ -656,6 +661,7 @@ def _prediction_partial(items: Iterable[Mapping[str, Any]], tolerance: float) ->
     for key in sorted(words):
         word = words[key]
         partial.receipts.add(key[:2])
+        partial.clamped += word.clamped
         _append_word(columns, key, word, valid.get(key, ()), None)
     return partial
 
@@ -668,7 +674,6 @@ def read_receipts_to_predict(
     receipts: Sequence[ReceiptKey] | None = None,
     client=None,
     read_parallelism: int = 8,
-    coordinate_tolerance: float = 0.01,
     max_bad_share: float = 0.05,
 ) -> PredictionRead:
     """The words of the receipts ``scope`` chooses (or of ``receipts``, when given), each receipt read by one
@@ -704,7 +709,7 @@ def read_receipts_to_predict(
             chosen = [key for key in chosen if times[key] == float("-inf") or times[key] > after]
 
     def read(receipt: ReceiptKey) -> _Partial:
-        return _prediction_partial(_receipt_items(client, table, receipt, tally), coordinate_tolerance)
+        return _prediction_partial(_receipt_items(client, table, receipt, tally))
 
     with ThreadPoolExecutor(max_workers=read_parallelism, thread_name_prefix="dynamo-predict-read") as pool:
         partials = list(pool.map(read, chosen))
@@ -733,6 +738,7 @@ def read_receipts_to_predict(
             for key in sorted(read_receipts)
             if (stamp := listed.get(key))
         },
+        clamped_words=sum(p.clamped for p in partials),
     )
     bad_share = result.skipped_total / max(1, considered)
     if bad_share > max_bad_share:

@@ -154,6 +154,7 @@ class Word:
     x1: float
     y1: float
     confidence: float
+    clamped: bool = False  # its stored box overhung the receipt's crop and was clamped into it
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,11 +185,14 @@ def flip_box(x: float, y: float, width: float, height: float) -> tuple[float, fl
     return x, 1.0 - (y + height), x + width, 1.0 - y
 
 
-def parse_word(item: dict[str, Any], tolerance: float = 0.01) -> Word:
+def parse_word(item: dict[str, Any]) -> Word:
     """A ``RECEIPT_WORD`` item as a :class:`Word`; raises :class:`BadItem` naming the problem.
 
     ``text`` and ``bounding_box`` are required; ``confidence`` may be absent (NaN in the word table, which
-    SROIE words share) but, when present, must be a number in (0, 1] as the schema says.
+    SROIE words share) but, when present, must be a number in (0, 1] as the schema says. A box that overhangs
+    the receipt (the crop of a photo cuts through a price column, so a word's box reaches past x = 1) is
+    clamped into it and the word kept (``clamped``); a box is bad only when it cannot be a word of the receipt:
+    non-finite numbers, a negative or zero size, or wholly outside the receipt by more than half its size.
     """
     key = item_key(item)
     image_id = image_id_of(item.get("PK", ""))
@@ -211,9 +215,12 @@ def parse_word(item: dict[str, Any], tolerance: float = 0.01) -> Word:
     x, y, w, h = (_number(box[name], name, key) for name in ("x", "y", "width", "height"))
     if w < 0 or h < 0:
         raise BadItem("negative_box_size", key, f"width={w}, height={h}")
+    if w == 0 or h == 0:
+        raise BadItem("zero_box_size", key, f"width={w}, height={h}")
     x0, y0, x1, y1 = flip_box(x, y, w, h)
-    if min(x0, y0) < -tolerance or max(x1, y1) > 1.0 + tolerance:
-        raise BadItem("coordinate_out_of_range", key, f"x={x}, y={y}, width={w}, height={h}")
+    if _far_outside(x0, x1, w) or _far_outside(y0, y1, h):
+        raise BadItem("coordinate_out_of_range", key, f"x={x}, y={y}, width={w}, height={h}: off the receipt")
+    clamped = min(x0, y0) < 0.0 or max(x1, y1) > 1.0
     x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) for v in (x0, y0, x1, y1))
     return Word(
         key=(image_id, int(match["receipt"]), int(match["line"]), int(match["word"])),
@@ -223,7 +230,13 @@ def parse_word(item: dict[str, Any], tolerance: float = 0.01) -> Word:
         x1=x1,
         y1=y1,
         confidence=_confidence(item.get("confidence"), key),
+        clamped=clamped,
     )
+
+
+def _far_outside(low: float, high: float, size: float) -> bool:
+    """Whether an extent lies wholly outside 0..1, farther from it than half its size."""
+    return high < -size / 2 or low > 1.0 + size / 2
 
 
 def _confidence(value: Any, key: str) -> float:

@@ -115,6 +115,8 @@ def raw_receipt_words(
                 _markdown_counts(dict(result.label_counts), "label", "words")
             ),
             "words_with_conflicting_labels": result.words_with_conflicting_labels,
+            # kept: a box past the crop's edge is clamped into the receipt, not a bad item
+            "clamped_words": result.clamped_words,
             "items_read": result.items_read,
             "read_requests": result.requests,
             "skipped_items": result.skipped_total,

@@ -120,7 +120,7 @@ def _bad_items() -> list[dict]:
     return [
         word_item(IMAGE_A, 1, 3, 1, None, box(0.1, 0.1)),  # missing text
         word_item(IMAGE_A, 1, 3, 2, "NOBOX", None),  # missing box
-        word_item(IMAGE_A, 1, 3, 3, "FAR", box(0.95, 0.5, 0.3, 0.02)),  # x1 = 1.25
+        word_item(IMAGE_A, 1, 3, 3, "FAR", box(1.2, 0.5, 0.1, 0.02)),  # wholly past the right edge
         word_item(IMAGE_A, 1, 3, 4, "NAN", {"x": "NaN", "y": 0.5, "width": 0.1, "height": 0.02}),
         label_item(IMAGE_A, 1, 9, 9, "TAX"),  # a label whose word does not exist
     ]
@@ -140,6 +140,41 @@ def test_bad_items_are_counted_by_reason_and_listed(receipts_table):
     assert any("LABEL#TAX" in key for key in result.skipped_keys)
     assert len(result.frame) == 4, "the good words are all still there"
     assert all(math.isfinite(v) for v in result.frame[["x0", "y0", "x1", "y1"]].to_numpy().ravel())
+
+
+def _overhanging_receipt(image: str) -> list[dict]:
+    """A labelled receipt of 14 words whose crop cut through the price column and the bottom line, as the users'
+    OCR writes them: boxes reaching to x = 1.33 and y = -0.016 (y up), the amount charged among them."""
+    items = [receipt_item(image, 1)]
+    for word in range(1, 13):
+        items.append(word_item(image, 1, word, 1, f"ITEM{word}", box(0.1, 0.9 - 0.06 * word)))
+    items += [
+        word_item(image, 1, 13, 1, "24.99", box(0.9, 0.1, 0.43, 0.02)),  # x1 = 1.33
+        word_item(image, 1, 14, 1, "THANKS", box(0.3, -0.016, 0.2, 0.02)),  # its bottom below the crop
+        label_item(image, 1, 13, 1, "GRAND_TOTAL"),
+        label_item(image, 1, 1, 1, "PRODUCT_NAME"),
+    ]
+    return items
+
+
+def test_a_word_whose_box_overhangs_the_receipt_is_kept_clamped_and_counted_by_every_read(receipts_table):
+    from receipt_pipeline.core.dynamo_reader import read_receipts_to_predict
+
+    put_items(receipts_table, _overhanging_receipt(IMAGE_A))
+    # the read for training, and the read for predictions, infer and proposals, at the default 5% threshold
+    training = read_receipt_words(ReadOptions(table=receipts_table))
+    predicting = read_receipts_to_predict(receipts_table, "all")
+    for read in (training, predicting):
+        frame = read.frame
+        assert read.skipped_total == 0 and len(frame) == 14, "no word lost, no receipt refused"
+        assert read.clamped_words == 2
+        boxes = frame[["x0", "y0", "x1", "y1"]].to_numpy()
+        assert boxes.min() >= 0.0 and boxes.max() <= 1.0
+        charged = frame[frame["text"] == "24.99"].iloc[0]
+        assert (charged["x0"], charged["x1"]) == (pytest.approx(0.9), 1.0), "clamped to the crop's edge"
+        thanks = frame[frame["text"] == "THANKS"].iloc[0]
+        assert thanks["y1"] == 1.0 and thanks["y0"] == pytest.approx(1 - 0.004), "y up, flipped, then clamped"
+    assert _labels(training.frame)[12] == "GRAND_TOTAL"
 
 
 def test_bad_share_over_the_threshold_fails_naming_the_table(receipts_table):

@@ -76,9 +76,11 @@ MALFORMED = {
     "infinite size": ([_word(1, bounding_box=_box(0.1, 0.1, width="Infinity"))], {"nan_coordinate": 1}),
     "NaN confidence": ([_word(1, confidence="NaN")], {"nan_confidence": 1}),
     # words: out of range
-    "box past the right edge": ([_word(1, bounding_box=_box(0.95, 0.5, 0.3))], {"coordinate_out_of_range": 1}),
-    "box below the bottom": ([_word(1, bounding_box=_box(0.1, -0.2))], {"coordinate_out_of_range": 1}),
+    # (a box that only overhangs the receipt is clamped and kept: test_dynamo_reader's overhanging words)
+    "box wholly past the right edge": ([_word(1, bounding_box=_box(1.2, 0.5))], {"coordinate_out_of_range": 1}),
+    "box wholly below the bottom": ([_word(1, bounding_box=_box(0.1, -0.2))], {"coordinate_out_of_range": 1}),
     "negative width": ([_word(1, bounding_box=_box(0.5, 0.5, -0.1))], {"negative_box_size": 1}),
+    "zero height": ([_word(1, bounding_box=_box(0.5, 0.5, 0.1, 0))], {"zero_box_size": 1}),
     "confidence above 1": ([_word(1, confidence=Decimal("1.5"))], {"confidence_out_of_range": 1}),
     "confidence of 0": ([_word(1, confidence=Decimal(0))], {"confidence_out_of_range": 1}),
     # words: a key not in the schema's shape (ids padded to five digits)
@@ -170,7 +172,13 @@ def test_every_kind_at_once_is_counted_alike_by_both_strategies(receipts_table, 
 
 
 def test_over_the_threshold_the_asset_fails_naming_each_bad_item_and_its_problem(tmp_path, receipts_table):
-    kinds = ["word without text", "NaN coordinate", "box past the right edge", "unknown label", "label without word"]
+    kinds = [
+        "word without text",
+        "NaN coordinate",
+        "box wholly past the right edge",
+        "unknown label",
+        "label without word",
+    ]
     bad = []
     for number, kind in enumerate(kinds, start=1):
         [item] = MALFORMED[kind][0]
@@ -189,7 +197,7 @@ def test_over_the_threshold_the_asset_fails_naming_each_bad_item_and_its_problem
     for item, kind in zip(bad, kinds, strict=True):
         [reason] = MALFORMED[kind][1]
         assert f"{item_key(item)}: {reason}" in message, (kind, message)
-    assert "(x=0.95, y=0.5, width=0.3, height=0.02)" in message, "the problem's detail is named too"
+    assert "(x=1.2, y=0.5, width=0.1, height=0.02: off the receipt)" in message, "the problem's detail is named too"
 
     tolerant = _materialize(
         settings, ingestion.raw_receipt_words, {"ops": {"raw_receipt_words": {"config": {"max_bad_share": 0.9}}}}
