@@ -4,7 +4,8 @@ python -m benchmarks [--write] [NAME ...]
 
 Without names it runs the default set (windowing, training-throughput, table-read, demo, gpu); the others
 (read-strategies, seed-stream, sroie-training, sroie-training-earlier-overrides, split-strategies,
-export-inference, table-fields) on request. Each prints a Markdown section stamped with the machine and the date; with
+export-inference, table-fields, synthetic-coverage, users-line-items) on request. Each prints a Markdown section
+stamped with the machine and the date; with
 ``--write`` (as `make bench` runs it) each replaces its own ``<!-- bench:NAME -->`` block in BENCHMARKS.md,
 and the findings written around the blocks stay.
 """
@@ -495,6 +496,20 @@ def table_fields() -> str:
     return module.markdown(5.0)
 
 
+def synthetic_coverage() -> str:
+    from benchmarks import synthetic_coverage as module
+
+    # every default of seed-synthetic: what share of its receipts print each feature of real US receipts
+    return module.markdown()
+
+
+def users_line_items() -> str:
+    from benchmarks import users_line_items as module
+
+    # the line-item assembly on the users' published real geometry, from true tags
+    return module.markdown()
+
+
 def export_inference() -> str:
     from benchmarks import export_inference as module
 
@@ -515,6 +530,8 @@ BENCHMARKS = {
     "split-strategies": split_strategies,
     "export-inference": export_inference,
     "table-fields": table_fields,
+    "synthetic-coverage": synthetic_coverage,
+    "users-line-items": users_line_items,
 }
 # what `make bench` runs unless told otherwise (BENCH="..."): the issue-8 list; the rest on request
 DEFAULT = ["windowing", "training-throughput", "table-read", "demo", "gpu"]

@@ -138,7 +138,14 @@ def local_aws_command(port: int, host: str, table: str | None, bucket: str | Non
 @click.option("--receipts", type=click.IntRange(min=1), required=True, help="How many receipts to write.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--table", default=None, help="Target table; default: the deployment's.")
-def seed_synthetic_command(receipts: int, seed: int, table: str | None) -> None:
+@click.option(
+    "--label-noise",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="The share of VALID labels that name a wrong label, as a labeller's slips do.",
+)
+def seed_synthetic_command(receipts: int, seed: int, table: str | None, label_noise: float) -> None:
     """Write N synthetic receipts (receipt, line, word and label items) in the real schema."""
     from receipt_pipeline.core import aws
     from receipt_pipeline.core.synthetic import seed_synthetic
@@ -156,7 +163,7 @@ def seed_synthetic_command(receipts: int, seed: int, table: str | None) -> None:
     except client.exceptions.ResourceNotFoundException:
         raise click.BadParameter(f"table {table!r} does not exist", param_hint="'--table'") from None
     started = time.perf_counter()
-    stats = seed_synthetic(table, receipts, seed)
+    stats = seed_synthetic(table, receipts, seed, label_noise=label_noise)
     elapsed = time.perf_counter() - started
     click.echo(
         f"wrote {stats.items} items for {receipts} receipts to {table} in {elapsed:.1f}s "

@@ -1,20 +1,23 @@
 """Synthetic receipts in the users' real table schema: the demo's data and the scale generator.
 
-A receipt comes from one of 40 merchants of five kinds (grocery, restaurant, hardware, pharmacy, cafe).
-Each merchant prints with its own template, drawn from its name alone, so it is the same in every table
-and for every seed: the store's address and phone, header alignment, line order and name size, the wording
-around the figures ("TOTAL" or "AMOUNT DUE", "SUBTOTAL" or "SUB TOTAL", the tax line), the footer, the item
-column layout, the date and time format and place, the separators, the line width, margin and price column.
-As on the users' data, a random split then puts a merchant's template in train and in test, and a split
-that holds whole merchants out does not (see ``bio_receipt_split``'s ``merchant`` strategy).
+A receipt comes from one of 53 merchants of ten families of US stores (grocery, supermarket, warehouse club,
+discount store, pharmacy, drive-through, butcher, restaurant, hardware, cafe), each family a TOML file in
+``receipt_layouts/`` (:mod:`receipt_pipeline.core.receipt_layouts`, docs/synthetic.md): its products and what its
+receipts print (item numbers, tax flags, weighed items, quantity lines, savings and deposits, member numbers, card
+blocks, restated totals, return dates, surveys, dates under a column header or written out). Each merchant prints
+with its own printer, drawn from its name alone, so it is the same in every table and for every seed: the store's
+address and phone, header alignment, line order and name size, the wording around the figures ("TOTAL" or "AMOUNT
+DUE"), the footer, its family's item style, the date and time format and place, the separators, the line width,
+margin and price column. As on the users' data, a random split then puts a merchant's template in train and in
+test, and a split that holds whole merchants out does not (see ``bio_receipt_split``'s ``merchant`` strategy).
 
-What varies per receipt: the items, prices and quantities, discounts, payment, dates, the print size, the
-box jitter, the skew, OCR noise and the labels. A receipt is composed as printed text (merchant header,
-address, phone, date and time, item lines, subtotal, tax, total, payment, footer), laid out in pixels on
-the merchant's thermal-printer grid, turned by a small skew angle and normalised to 0..1 with y pointing
-UP, as the users' OCR stores it. OCR noise (confusable characters, dropped punctuation, specks) lowers the
-confidence of the words it touches; it spares the merchant's name, printed large at the top. Labels go on
-the words they describe, with a realistic mix of validation statuses.
+What varies per receipt: the items, prices and quantities, savings, payment, dates, the print size, the box
+jitter, the skew, the crop (on some, cut through the price column), OCR noise and the labels. A receipt is composed
+as printed lines, laid out in pixels on the merchant's thermal-printer grid, turned by a small skew angle and
+normalised to 0..1 with y pointing UP, as the users' OCR stores it. OCR noise (confusable characters, misspellings,
+dropped punctuation, split and merged words, specks) lowers the confidence of the words it touches; it spares the
+merchant's name, printed large at the top. Labels go on the words they describe, with a realistic mix of
+validation statuses and, when asked, a share of wrong VALID labels (``label_noise``).
 
 Everything is a generator: receipt ``n`` of a seed depends only on ``(seed, n)``, and nothing keeps
 more than one receipt in memory, so a million receipts cost the same memory as one.
@@ -31,7 +34,7 @@ import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,7 +44,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 
-from receipt_pipeline.core import aws, dynamo_items
+from receipt_pipeline.core import aws, dynamo_items, receipt_layouts
 from receipt_pipeline.core.errors import ExplainedError
 
 __all__ = [
@@ -69,6 +72,7 @@ DEFAULT_UNLABELLED_SHARE = 0.1
 MIN_WORDS, MAX_WORDS = 40, 400
 MIN_ITEM_LINES, MAX_ITEM_LINES = 3, 40
 MAX_SKEW_DEGREES = 2.0
+CUT_CROP_SHARE = 0.12  # receipts whose photo's crop cuts through the price column
 RAW_BUCKET = "raw-receipt-images"
 # uuid5 namespace for image ids, so that ids are stable across runs and machines
 IMAGE_NAMESPACE = uuid.UUID("5f0b7c3e-2d1a-4c55-9a47-7e1f0c2b9d10")
@@ -122,8 +126,8 @@ class SyntheticLine:
 @dataclass(frozen=True, slots=True)
 class PrintedItem:
     product: str
-    quantity: str
-    unit_price: str
+    quantity: str | None  # None where the item's lines print no quantity (one piece)
+    unit_price: str | None  # None where they print no unit price
     line_total: str
 
 
@@ -153,6 +157,8 @@ class SyntheticReceipt:
     lines: tuple[SyntheticLine, ...]
     receipts_in_image: int = 1
     facts: PrintedFacts | None = None
+    family: str = ""  # of receipt_layouts
+    features: frozenset[str] = frozenset()  # what it prints of what real US receipts print (see receipt_layouts)
 
     def words(self) -> Iterator[SyntheticWord]:
         for line in self.lines:
@@ -166,71 +172,9 @@ class SyntheticReceipt:
 # ======================================================================================= vocabulary
 
 
-@dataclass(frozen=True)
-class _MerchantKind:
-    names: tuple[str, ...]
-    products: tuple[str, ...]
-    price_cents: tuple[int, int]
-    item_lines: tuple[int, int]
-    tips: bool
-
-
-_MERCHANT_KINDS = (
-    _MerchantKind(
-        names=("FRESH MART", "GREEN VALLEY MARKET", "SUNRISE FOODS", "HARBOR GROCERY", "MAPLE LEAF MARKET",
-               "VALLEY FRESH FOODS", "CORNER PANTRY", "PRAIRIE HARVEST", "NORTHSIDE MARKET", "FARMSTEAD GROCERS",
-               "BAYVIEW FOODS", "HILLTOP MARKET"),
-        products=("BANANAS", "ORGANIC MILK 1GAL", "WHOLE WHEAT BREAD", "LARGE EGGS 12CT", "CHEDDAR CHEESE",
-                  "GREEK YOGURT", "CHICKEN BREAST", "GROUND BEEF 80/20", "ROMAINE HEARTS", "BABY CARROTS",
-                  "GALA APPLES", "HASS AVOCADO", "PENNE PASTA", "MARINARA SAUCE", "OLIVE OIL EV",
-                  "COFFEE BEANS", "ORANGE JUICE", "BUTTER UNSALTED", "TORTILLA CHIPS", "SALSA MILD",
-                  "SPARKLING WATER", "PAPER TOWELS", "DISH SOAP", "FROZEN PEAS", "VANILLA ICE CREAM",
-                  "PEANUT BUTTER", "STRAWBERRY JAM", "JASMINE RICE", "BLACK BEANS", "BABY SPINACH",
-                  "SOURDOUGH LOAF", "ROMA TOMATOES", "YELLOW ONIONS", "RUSSET POTATOES", "OAT CEREAL"),
-        price_cents=(79, 1299),
-        item_lines=(MIN_ITEM_LINES, MAX_ITEM_LINES),
-        tips=False,
-    ),
-    _MerchantKind(
-        names=("THE RUSTY SPOON", "LUCKY DRAGON", "BELLA NAPOLI", "TACO LOCO", "BLUE PLATE DINER",
-               "SAFFRON HOUSE", "OLIVE AND VINE", "SMOKEHOUSE BBQ", "GOLDEN WOK"),
-        products=("CHEESEBURGER", "FRIES LG", "CAESAR SALAD", "MARGHERITA PIZZA", "ICED TEA", "CRAFT IPA",
-                  "FISH TACOS", "CHICKEN WINGS", "FOUNTAIN SODA", "BROWNIE SUNDAE", "PAD THAI", "GREEN CURRY",
-                  "SPRING ROLLS", "GARLIC NAAN", "HOUSE RED WINE", "CLUB SANDWICH", "TOMATO SOUP"),
-        price_cents=(250, 2499),
-        item_lines=(3, 12),
-        tips=True,
-    ),
-    _MerchantKind(
-        names=("ACE CORNER HARDWARE", "TOOL TOWN", "BUILDRIGHT SUPPLY", "MAIN ST HARDWARE", "IRONWORKS DEPOT",
-               "HOMESTEAD HARDWARE", "PIONEER LUMBER"),
-        products=("WOOD SCREWS 1LB", "CLAW HAMMER 16OZ", "PAINT ROLLER 9IN", "DUCT TAPE", "LED BULB 4PK",
-                  "EXTENSION CORD", "WD-40 12OZ", "SANDPAPER 120G", "PVC ELBOW 1/2", "GARDEN HOSE 50FT",
-                  "ZIP TIES 100CT", "WORK GLOVES", "WALL ANCHORS", "PAINTERS TAPE", "AA BATTERIES 8PK"),
-        price_cents=(149, 4999),
-        item_lines=(3, 20),
-        tips=False,
-    ),
-    _MerchantKind(
-        names=("WELLCARE PHARMACY", "CITY DRUG", "HEALTHWAY RX", "CORNERSTONE PHARMACY", "FAMILY CARE DRUG",
-               "RIVERSIDE APOTHECARY"),
-        products=("IBUPROFEN 200MG", "VITAMIN D3", "BANDAGES 30CT", "TOOTHPASTE", "SHAMPOO 12OZ",
-                  "HAND SANITIZER", "COUGH DROPS", "SUNSCREEN SPF50", "LIP BALM", "COTTON SWABS",
-                  "ALLERGY RELIEF", "FLOSS MINT"),
-        price_cents=(199, 2499),
-        item_lines=(3, 15),
-        tips=False,
-    ),
-    _MerchantKind(
-        names=("DAILY GRIND", "BEAN THERE CAFE", "MORNING RITUAL COFFEE", "COPPER KETTLE CAFE", "PERCOLATE",
-               "LITTLE OWL COFFEE"),
-        products=("LATTE 16OZ", "CAPPUCCINO", "DRIP COFFEE", "CROISSANT", "BLUEBERRY MUFFIN",
-                  "BAGEL CREAM CHS", "CHAI LATTE", "COLD BREW", "AVOCADO TOAST", "OAT MILK", "ESPRESSO DBL"),
-        price_cents=(195, 1295),
-        item_lines=(3, 10),
-        tips=True,
-    ),
-)  # fmt: skip
+# The families of stores, each from its file in receipt_layouts/: merchants, products and what they print
+_FAMILIES = receipt_layouts.families()
+_FAMILY_OF = {merchant: family for family in _FAMILIES for merchant in family.merchants}
 
 _STREETS = ("MAIN ST", "OAK AVE", "BROADWAY", "ELM ST", "MARKET ST", "PARK BLVD", "SUNSET BLVD", "MAPLE DR",
             "CEDAR LN", "2ND AVE", "HIGHLAND RD", "LAKE SHORE DR", "STATE ST", "MILL RD")  # fmt: skip
@@ -303,8 +247,6 @@ _SPECKS = (".", "'", ",", "~", "|", "`")
 
 # ======================================================================================= templates
 
-_ITEM_LAYOUTS = ("quantity first", "name first", "two lines", "columns")
-
 
 @dataclass(frozen=True)
 class _Template:
@@ -334,7 +276,8 @@ class _Template:
     # the body
     rule: str  # the separator line
     rules_at: frozenset[str]  # where separators go: "header" (below it), "totals" and "footer" (above them)
-    item_layout: str  # one of _ITEM_LAYOUTS
+    item_style: receipt_layouts.ItemStyle  # one of its family's
+    sku_digits: int  # of its item numbers
     name_wrap: int | None  # the name column's width: a longer product name goes on on the next row
     quantity_mark: str  # between the quantity and the unit price: "2 @ 1.99"
     item_indent: int  # of the second line of a two-line item
@@ -389,11 +332,19 @@ def _template(merchant: str) -> _Template:
     printed_footer = 1 if rng.random() < 0.5 else 2
     spare_footer = footer_lines[printed_footer:] + thanks + policies + promotions
     # the columns layout needs room for a product name before the quantity column
-    item_layout = rng.choice(_ITEM_LAYOUTS if amount_end >= 38 else _ITEM_LAYOUTS[:3])
+    rng.random()  # the draw that chose an item layout before families did: the choices after it stay as they were
     rule_character = rng.choice("-=*_~.")
     # drawn apart from the rest, so that the merchants' other choices stay what they were before names wrapped
     wrap = random.Random(f"merchant-name-wrap:{merchant}")
     name_wrap = wrap.choice((10, 12, 14)) if wrap.random() < 0.3 else None
+    style_rng = random.Random(f"merchant-item-style:{merchant}")
+    family = _FAMILY_OF[merchant]
+    # The family's merchants take its styles in turn, each as many times as its weight, so that every style is
+    # printed; a style with tab columns needs room for a product name before the quantity column.
+    turns = [style for style in family.styles for _ in range(max(1, round(style.weight)))]
+    item_style = turns[family.merchants.index(merchant) % len(turns)]
+    if _tabbed(item_style) and amount_end < 38:
+        item_style = next((style for style in turns if not _tabbed(style)), item_style)
     return _Template(
         columns=columns,
         amount_end=amount_end,
@@ -421,7 +372,8 @@ def _template(merchant: str) -> _Template:
         rules_at=frozenset(
             place for place, share in (("header", 0.8), ("totals", 0.4), ("footer", 0.4)) if rng.random() < share
         ),
-        item_layout=item_layout,
+        item_style=item_style,
+        sku_digits=style_rng.choice((6, 7, 9, 12)),
         name_wrap=name_wrap,
         quantity_mark=rng.choice(("@", "x", "X", "AT")),
         item_indent=rng.choice((2, 3, 4)),
@@ -444,6 +396,10 @@ def _template(merchant: str) -> _Template:
         spare_footer=tuple(spare_footer),
         footer_centred=rng.random() < 0.8,
     )
+
+
+def _tabbed(style: receipt_layouts.ItemStyle) -> bool:
+    return any(word.tab for line in style.lines + style.several for word in line.left)
 
 
 # ===================================================================================== composition
@@ -489,7 +445,7 @@ def _weighted(rng: random.Random, options: Sequence[tuple[Any, float]]) -> Any:
     return rng.choices(values, weights)[0]
 
 
-def _header(rng: random.Random, merchant: str, template: _Template, printed_at: datetime) -> list[_PrintedLine]:
+def _header(rng: random.Random, merchant: str, template: _Template) -> list[_PrintedLine]:
     def header_line(tokens: list[_Token], scale: float = 1.0) -> _PrintedLine:
         return _PrintedLine(tokens, centred=template.header_centred, indent=template.margin, scale=scale)
 
@@ -513,8 +469,6 @@ def _header(rng: random.Random, merchant: str, template: _Template, printed_at: 
             store=template.store_number,
         )
         lines.append(_PrintedLine(_words(register), indent=template.margin, gap_before=0.5))
-    if template.date_at_top:
-        lines.append(_date_line(template, printed_at))
     return lines
 
 
@@ -527,41 +481,173 @@ def _date_line(template: _Template, printed_at: datetime) -> _PrintedLine:
     return _PrintedLine(date + clock, indent=template.margin)
 
 
+# the features of real US receipts a printed field shows (the coverage table in BENCHMARKS.md counts them)
+_FIELD_FEATURES = {
+    "sku": "item numbers", "plu": "item numbers", "flag": "tax flags", "weight": "weighed items",
+    "saving": "savings lines", "coupon": "coupons", "member": "member numbers", "aid": "card blocks",
+    "expiry": "return policies and coupons with their dates", "hours": "store hours", "website": "websites",
+    "survey": "surveys", "long_date": "long-form dates",
+}  # fmt: skip
+
+
+def _render(
+    line: receipt_layouts.LineTemplate,
+    values: Mapping[str, str],
+    template: _Template,
+    features: set[str],
+    item: int | None = None,
+    name: Sequence[_Token] = (),
+) -> _PrintedLine:
+    """A template line filled with ``values``: a word whose fields are all empty is not printed."""
+    left: list[_Token] = []
+    tabbed: list[tuple[int, _Token]] = []
+    right: list[_Token] = []
+    stops = iter((template.quantity_column, template.unit_column))
+    for part, words in ((left, line.left), (right, line.right)):
+        for word in words:
+            if word.is_name:
+                part.extend(name)
+                continue
+            text = word.text.format_map(values)
+            data = [field for field in word.fields if field != "mark"]
+            if not text.strip() or (data and all(not values[field] for field in data)):
+                continue
+            features.update(_FIELD_FEATURES[field] for field in word.fields if field in _FIELD_FEATURES)
+            label = word.label
+            owner = item if label in _ITEM_WORD_LABELS else None
+            tokens = [_Token(piece, label, is_amount=word.is_amount, item=owner) for piece in text.split()]
+            if part is left and (word.tab or tabbed):
+                tabbed.extend((next(stops, 0) if word.tab else 0, token) for token in tokens)
+            else:
+                part.extend(tokens)
+    indent = template.margin + (template.item_indent if line.indented else 0)
+    return _PrintedLine(left, right, indent=indent, tabbed=tabbed)
+
+
+_ITEM_WORD_LABELS = frozenset({"PRODUCT_NAME", "QUANTITY", "UNIT_PRICE", "LINE_TOTAL"})
+
+
+def _block_lines(
+    rng: random.Random,
+    merchant: str,
+    family: receipt_layouts.Family,
+    place: str,
+    values: Mapping[str, str],
+    template: _Template,
+    features: set[str],
+    paid_by: str = "",
+) -> list[_PrintedLine]:
+    lines = []
+    for number, block in enumerate(family.blocks):
+        if block.place != place or (block.when and block.when != paid_by):
+            continue
+        # a merchant's printer prints its blocks every time or never; a customer's (a member number) varies
+        draw = _merchant_draw(merchant, number) if block.each == "merchant" else rng.random()
+        if draw >= block.share:
+            continue
+        if block.feature:
+            features.add(block.feature)
+        rendered = [_render(line, values, template, features) for line in block.lines]
+        centred = {"header": template.header_centred, "footer": template.footer_centred}.get(place, False)
+        for printed in rendered:
+            printed.centred = centred
+        lines.extend(printed for printed in rendered if printed.word_count())
+    return lines
+
+
+@functools.cache
+def _merchant_draw(merchant: str, block: int) -> float:
+    return random.Random(f"merchant-block:{merchant}:{block}").random()
+
+
+def _digits(rng: random.Random, count: int) -> str:
+    return "".join(rng.choice("0123456789") for _ in range(count))
+
+
 def _item_lines(
-    rng: random.Random, kind: _MerchantKind, template: _Template, count: int
-) -> tuple[list[_PrintedLine], list[PrintedItem]]:
-    """The item lines of ``count`` purchases, and what each one printed."""
+    rng: random.Random, family: receipt_layouts.Family, template: _Template, count: int, features: set[str]
+) -> tuple[list[_PrintedLine], list[PrintedItem], int]:
+    """The item lines of ``count`` purchases, what each one printed, and the savings printed under them (cents,
+    negative)."""
     lines: list[_PrintedLine] = []
     items: list[PrintedItem] = []
-    margin = template.margin
-    for _ in range(count):
-        product = rng.choice(kind.products)
-        quantity = _weighted(rng, ((1, 0.62), (2, 0.2), (3, 0.08), (4, 0.05), (6, 0.03), (12, 0.02)))
-        unit_cents = _price_cents(rng, product, kind.price_cents)
-        total_cents = quantity * unit_cents
-        items.append(PrintedItem(product, str(quantity), _money(unit_cents), _money(total_cents)))
-        number = len(items) - 1
-        name, wrapped = _wrapped_name(product, template.name_wrap, number)
-        quantity_token = _Token(str(quantity), "QUANTITY", item=number)
-        mark = _Token(template.quantity_mark)
-        unit = _Token(_money(unit_cents), "UNIT_PRICE", is_amount=True, item=number)
-        total = _Token(_money(total_cents), "LINE_TOTAL", is_amount=True, item=number)
-        rest_of_name = [_PrintedLine(wrapped, indent=margin + template.item_indent)] if wrapped else []
-        if template.item_layout == "two lines":
-            lines.append(_PrintedLine(name, [total], indent=margin))
-            lines.extend(rest_of_name)
-            lines.append(_PrintedLine([quantity_token, mark, unit], indent=margin + template.item_indent))
-        elif template.item_layout == "columns":
-            tabbed = [(template.quantity_column, quantity_token), (template.unit_column, unit)]
-            lines.append(_PrintedLine(name, [total], indent=margin, tabbed=tabbed))
-            lines.extend(rest_of_name)
-        elif template.item_layout == "name first":
-            lines.append(_PrintedLine([*name, quantity_token, mark, unit], [total], indent=margin))
-            lines.extend(rest_of_name)
+    savings = 0
+    style = template.item_style
+    while len(items) < count:  # a deposit charged with a product is one of the receipt's item lines
+        weighed = bool(family.weighed) and rng.random() < len(family.weighed) / (
+            len(family.weighed) + len(family.products)
+        )
+        product = rng.choice(family.weighed if weighed else family.products)
+        number = len(items)
+        code = zlib.crc32(product.encode())
+        taxable = code % 1000 < family.taxable_share * 1000
+        values = {
+            "mark": template.quantity_mark,
+            "sku": f"{code % 10**template.sku_digits:0{template.sku_digits}d}",
+            "plu": str(3000 + code % 2000),
+            "flag": family.taxable_flag if taxable else family.exempt_flag,
+            "saving": "",
+            "coupon": "",
+        }
+        if weighed:
+            weight = Decimal(rng.randint(25, 350)) / 100
+            unit_cents = _price_cents(rng, product, family.pound_cents)
+            total = round(weight * Decimal(unit_cents) / 100, 2)
+            values |= {"weight": f"{weight:.2f}", "qty": "", "unit": _money(unit_cents), "total": f"{total:.2f}"}
+            printed_lines = family.weighed_lines
         else:
-            lines.append(_PrintedLine([quantity_token, *name, mark, unit], [total], indent=margin))
-            lines.extend(rest_of_name)
-    return lines, items
+            quantity = _weighted(rng, ((1, 0.62), (2, 0.2), (3, 0.08), (4, 0.05), (6, 0.03), (12, 0.02)))
+            unit_cents = _price_cents(rng, product, family.price_cents)
+            values |= {"weight": "", "qty": str(quantity), "unit": _money(unit_cents),
+                       "total": _money(quantity * unit_cents)}  # fmt: skip
+            printed_lines = style.several if quantity > 1 and style.several else style.lines
+        head, wrapped = _wrapped_name(product, template.name_wrap, number)
+        printed_fields: set[str] = set()
+        for line in printed_lines:
+            printed = _render(line, values, template, features, number, head if "name" in line.fields else ())
+            lines.append(printed)
+            printed_fields |= line.fields
+            if "name" in line.fields and wrapped:
+                # the rest of the name goes on in the name's column, indented under it
+                before = printed.left[: printed.left.index(head[0])]
+                column = printed.indent + sum(len(token.text) + 1 for token in before)
+                lines.append(_PrintedLine(wrapped, indent=column + template.item_indent))
+            if line.left and line.left[0].fields in (("qty",), ("weight",)):
+                first = line.left[1:2]
+                if first and first[0].is_name:
+                    features.add("quantity first on the line")
+                elif "total" not in line.fields and "name" not in line.fields:
+                    features.add("quantity on its own line")
+        amount = "weight" if weighed else "qty"
+        quantity_read = f"{Decimal(values[amount]).normalize():f}" if amount in printed_fields else None  # 2.40 is 2.4
+        items.append(PrintedItem(
+            product,
+            quantity_read,
+            values["unit"] if "unit" in printed_fields else None,
+            values["total"],
+        ))  # fmt: skip
+        total_cents = round(Decimal(values["total"]) * 100)
+        for extra in family.item_extras:
+            if extra.after and not set(product.split()) & set(extra.after):
+                continue
+            if rng.random() >= extra.share:
+                continue
+            if extra.product:  # an item of its own: a deposit or a fee charged with the product
+                fee = _money(rng.randint(*extra.price_cents))
+                number = len(items)
+                name = [_Token(word, "PRODUCT_NAME", item=number) for word in extra.product.split()]
+                fee_values = values | {"total": fee, "qty": "", "unit": "", "weight": ""}
+                lines.extend(_render(line, fee_values, template, features, number, name) for line in extra.lines)
+                items.append(PrintedItem(extra.product, None, None, fee))
+                features.add(extra.feature)
+                continue
+            saving = min(total_cents // 4, rng.randint(20, 300))
+            if saving <= 0:
+                continue
+            extra_values = values | {"saving": _money(saving), "coupon": _money(saving)}
+            lines.extend(_render(line, extra_values, template, features) for line in extra.lines)
+            savings -= saving
+    return lines, items, savings
 
 
 def _wrapped_name(product: str, width: int | None, item: int) -> tuple[list[_Token], list[_Token]]:
@@ -587,9 +673,9 @@ def _price_cents(rng: random.Random, product: str, price_range: tuple[int, int])
 
 
 def _totals(
-    rng: random.Random, kind: _MerchantKind, template: _Template, items_cents: int
+    rng: random.Random, family: receipt_layouts.Family, template: _Template, items_cents: int
 ) -> tuple[list[_PrintedLine], dict[str, str | None]]:
-    """The lines from the savings to the payment, and the subtotal, tax, tip and total they print."""
+    """The lines from the receipt's savings to its total, and the subtotal, tax, tip and total they print."""
 
     def line(words: str, cents: int, label: str, gap_before: float = 0.0) -> _PrintedLine:
         return _PrintedLine(_words(words), [_amount(cents, label)], indent=template.margin, gap_before=gap_before)
@@ -608,26 +694,28 @@ def _totals(
     lines.append(line(template.subtotal_words, subtotal, "SUBTOTAL", gap_before=0.5))
     lines.append(line(template.tax_words.format(rate=f"{template.tax_rate * 100:.2f}"), tax, "TAX"))
     tip = 0
-    if kind.tips and rng.random() < 0.6:
+    if family.tips and rng.random() < 0.6:
         tip = round(subtotal * rng.choice((0.15, 0.18, 0.2, 0.22)))
         lines.append(line(template.tip_words, tip, "TIP"))
     total = subtotal + tax + tip
     lines.append(line(template.total_words, total, "GRAND_TOTAL"))
-    lines.extend(_payment(rng, template, total))
     amounts = {"subtotal": _money(subtotal), "tax": _money(tax), "tip": _money(tip) if tip else None}
     return lines, amounts | {"total": _money(total)}
 
 
-def _payment(rng: random.Random, template: _Template, total_cents: int) -> list[_PrintedLine]:
+def _payment(rng: random.Random, template: _Template, total_cents: int) -> tuple[str, list[_PrintedLine], dict]:
+    """How the receipt was paid ("cash" or "card"), the lines saying so, and the values the family's blocks print."""
     margin = template.margin
     if rng.random() < 0.25:
         tendered = -(-total_cents // 500) * 500 + rng.choice((0, 0, 500, 1500))
         cash, *tender = template.cash_words.split()
-        return [
+        lines = [
             _PrintedLine([_Token(cash, "PAYMENT_METHOD"), *(_Token(word) for word in tender)],
                          [_amount(tendered, None)], indent=margin, gap_before=0.5),
             _PrintedLine(_words(template.change_words), [_amount(tendered - total_cents, "CHANGE")], indent=margin),
         ]  # fmt: skip
+        return "cash", lines, {"card": cash, "last4": "", "tendered": _money(tendered),
+                               "change": _money(tendered - total_cents)}  # fmt: skip
     card = rng.choice(_CARDS)
     masked = template.card_mask + f"{rng.randint(0, 9999):04d}"
     lines = [
@@ -636,7 +724,7 @@ def _payment(rng: random.Random, template: _Template, total_cents: int) -> list[
     ]  # fmt: skip
     if template.auth:
         lines.append(_PrintedLine(_words(template.auth.format(code=rng.randint(100000, 999999))), indent=margin))
-    return lines
+    return "card", lines, {"card": card, "last4": masked, "tendered": _money(total_cents), "change": "0.00"}
 
 
 def _loyalty(rng: random.Random, template: _Template) -> list[_PrintedLine]:
@@ -653,24 +741,67 @@ def _rules(template: _Template, place: str) -> list[_PrintedLine]:
     return [_PrintedLine([_Token(template.rule, is_noise=True)], centred=True)]
 
 
+_AIDS = ("A0000000031010", "A0000000041010", "A000000025010801", "A0000001524010")
+
+
+def _receipt_values(
+    rng: random.Random, template: _Template, printed_at: datetime, items: Sequence[PrintedItem]
+) -> dict[str, str]:
+    """What the family's blocks print besides the amounts: the dates, the store's numbers, the card's codes."""
+    expiry = printed_at + timedelta(days=rng.choice((14, 30, 60, 90)))
+    return {
+        "date": printed_at.strftime(template.date_format).upper(),
+        "long_date": f"{printed_at:%A}, {printed_at:%B} {printed_at.day}, {printed_at.year}",
+        "time": printed_at.strftime(template.clock_format).upper(),
+        "expiry": expiry.strftime(template.date_format).upper(),
+        "store": f"{template.store_number:04d}",
+        "till": str(rng.randint(1, 30)),
+        "trans": str(rng.randint(1000, 99999)),
+        "cashier": rng.choice(_CASHIERS),
+        "order": str(rng.randint(10, 999)),
+        "member": _digits(rng, rng.choice((9, 11, 12))),
+        "auth": _digits(rng, 6),
+        "aid": rng.choice(_AIDS),
+        "tvr": rng.choice(("0000008000", "0080008000", "0000000000")),
+        "ref": _digits(rng, rng.choice((4, 6, 12))),
+        "survey": _digits(rng, rng.choice((12, 16))),
+        "items_sold": str(sum(int(Decimal(item.quantity or "1")) for item in items)),
+        "website": template.website,
+        "hours": template.hours,
+        "phone": " ".join(template.phone),
+    }
+
+
 def _compose(
-    rng: random.Random, kind: _MerchantKind, merchant: str, template: _Template, printed_at: datetime
-) -> tuple[list[_PrintedLine], PrintedFacts]:
-    """The printed lines of one receipt, top to bottom, with 40 to 400 words, and what they print."""
-    header = _header(rng, merchant, template, printed_at)
-    low, high = kind.item_lines
+    rng: random.Random, family: receipt_layouts.Family, merchant: str, template: _Template, printed_at: datetime
+) -> tuple[list[_PrintedLine], PrintedFacts, frozenset[str]]:
+    """The printed lines of one receipt, top to bottom, with 40 to 400 words, what they print, and the features of
+    real receipts they show."""
+    header = _header(rng, merchant, template)
+    low, high = family.item_lines
     count = low + int((high - low) * rng.random() ** 1.8)  # most receipts are short
     while True:
-        items, printed_items = _item_lines(rng, kind, template, count)
-        items_cents = sum(round(Decimal(item.line_total) * 100) for item in printed_items)
-        totals, amounts = _totals(rng, kind, template, items_cents)
-        body = [*header, *_rules(template, "header"), *items, *_rules(template, "totals"), *totals,
+        features: set[str] = set()
+        items, printed_items, savings = _item_lines(rng, family, template, count, features)
+        items_cents = sum(round(Decimal(item.line_total) * 100) for item in printed_items) + savings
+        totals, amounts = _totals(rng, family, template, items_cents)
+        paid_by, payment, paid = _payment(rng, template, round(Decimal(amounts["total"]) * 100))
+        values = _receipt_values(rng, template, printed_at, printed_items) | paid
+        values |= {"subtotal": amounts["subtotal"], "tax": amounts["tax"], "grand": amounts["total"]}
+        top = _block_lines(rng, merchant, family, "header", values, template, features)
+        if family.date_line and template.date_at_top:
+            top.append(_date_line(template, printed_at))
+        body = [*header, *top, *_rules(template, "header"), *items,
+                *_block_lines(rng, merchant, family, "after_items", values, template, features),
+                *_rules(template, "totals"), *totals,
+                *_block_lines(rng, merchant, family, "after_total", values, template, features), *payment,
+                *_block_lines(rng, merchant, family, "payment", values, template, features, paid_by),
                 *_loyalty(rng, template)]  # fmt: skip
-        if not template.date_at_top:
+        if family.date_line and not template.date_at_top:
             body.append(_date_line(template, printed_at))
-        if sum(line.word_count() for line in body) <= MAX_WORDS - 20 or count <= MIN_ITEM_LINES:
+        if sum(line.word_count() for line in body) <= MAX_WORDS - 40 or count <= low:
             break
-        count = max(MIN_ITEM_LINES, count - 5)
+        count = max(low, count - 5)
     body.extend(_rules(template, "footer"))
 
     def footer_line(text: str, gap_before: float = 0.0) -> _PrintedLine:
@@ -678,6 +809,11 @@ def _compose(
                             gap_before=gap_before)  # fmt: skip
 
     body.extend(footer_line(text, gap_before=1.0 if i == 0 else 0.0) for i, text in enumerate(template.footer))
+    footer_features: set[str] = set()
+    footer = _block_lines(rng, merchant, family, "footer", values, template, footer_features)
+    if sum(line.word_count() for line in body + footer) <= MAX_WORDS - 5:
+        body.extend(footer)
+        features |= footer_features
     spare = iter(template.spare_footer)
     while sum(line.word_count() for line in body) < MIN_WORDS and (text := next(spare, None)):
         body.append(footer_line(text))
@@ -689,7 +825,12 @@ def _compose(
         items=tuple(printed_items),
         **amounts,  # type: ignore[arg-type]
     )
-    return body, facts
+    labels = Counter(token.label for line in body for token in line.left + line.right + [t for _, t in line.tabbed])
+    if labels["GRAND_TOTAL"] > 1:
+        features.add("total restatements")
+    features |= {feature for label, feature in (("WEBSITE", "websites"), ("STORE_HOURS", "store hours"),
+                                                 ("LOYALTY_ID", "member numbers")) if labels[label]}  # fmt: skip
+    return body, facts, frozenset(features)
 
 
 def _add_specks(rng: random.Random, lines: list[_PrintedLine], budget: int) -> None:
@@ -771,21 +912,27 @@ class _Frame:
     height: float
     cos: float
     sin: float
+    cut_right: float = 0.0  # pixels of the block's right side the crop cuts off (the price column of a photo)
 
     @classmethod
-    def around(cls, block_width: float, block_height: float, angle: float, pad_x: float, pad_y: float) -> _Frame:
+    def around(
+        cls, block_width: float, block_height: float, angle: float, pad_x: float, pad_y: float, cut_right: float = 0.0
+    ) -> _Frame:
         cos, sin = math.cos(angle), math.sin(angle)
         half_w, half_h = block_width / 2, block_height / 2
-        # the crop holds the whole turned block plus a margin
-        width = 2 * (half_w * cos + half_h * abs(sin) + pad_x)
+        # the crop holds the whole turned block plus a margin, less what it cuts off on the right
+        width = 2 * (half_w * cos + half_h * abs(sin) + pad_x) - cut_right
         height = 2 * (half_w * abs(sin) + half_h * cos + pad_y)
-        return cls(block_width, block_height, width, height, cos, sin)
+        return cls(block_width, block_height, width, height, cos, sin, cut_right)
 
     def point(self, x: float, y_down: float) -> Point:
         dx, dy = x - self.block_width / 2, self.block_height / 2 - y_down  # centred, y up
-        turned_x = dx * self.cos - dy * self.sin
+        turned_x = dx * self.cos - dy * self.sin + self.cut_right / 2
         turned_y = dx * self.sin + dy * self.cos
-        return _unit(turned_x / self.width + 0.5), _unit(turned_y / self.height + 0.5)
+        x_unit, y_unit = turned_x / self.width + 0.5, turned_y / self.height + 0.5
+        if self.cut_right:  # the OCR's boxes reach past the crop's edge, as the users' photos' do
+            return round(x_unit, 12), _unit(y_unit)
+        return _unit(x_unit), _unit(y_unit)
 
     def corners(self, x0: float, x1: float, top: float, bottom: float) -> Corners:
         return self.point(x0, top), self.point(x1, top), self.point(x0, bottom), self.point(x1, bottom)
@@ -798,9 +945,49 @@ def _unit(value: float) -> float:
 # =========================================================================================== noise
 
 
+def _split_and_merge(rng: random.Random, lines: list[_PrintedLine], rate: float) -> bool:
+    """The OCR splits a long word in two and reads two words as one; here only unlabelled words of letters, whose
+    text no fact depends on. Whether it changed any."""
+    changed = False
+    for line in lines:
+        kept: list[_Token] = []
+        for token in line.left:
+            plain = token.label is None and not token.is_noise and token.text.isalpha()
+            if plain and len(token.text) >= 6 and rng.random() < rate:
+                cut = rng.randint(2, len(token.text) - 2)
+                kept += [
+                    dataclasses.replace(token, text=token.text[:cut]),
+                    dataclasses.replace(token, text=token.text[cut:]),
+                ]
+                changed = True
+            elif plain and kept and kept[-1].label is None and kept[-1].text.isalpha() and rng.random() < rate:
+                kept[-1] = dataclasses.replace(kept[-1], text=kept[-1].text + token.text)
+                changed = True
+            else:
+                kept.append(token)
+        line.left[:] = kept
+    return changed
+
+
+def _misspelt(rng: random.Random, text: str) -> str | None:
+    """A letter dropped or two swapped, as OCR misreads a word; None where that leaves it as it was."""
+    letters = [i for i, c in enumerate(text) if c.isalpha()]
+    if len(letters) < 4:
+        return None
+    i = rng.choice(letters[1:-1])
+    if rng.random() < 0.5:
+        return text[:i] + text[i + 1 :]
+    swapped = text[:i] + text[i + 1] + text[i] + text[i + 2 :]
+    return swapped if swapped != text else None
+
+
 def _ocr_noise(rng: random.Random, token: _Token) -> str | None:
     """The token as a noisy OCR reads it, or None where no confusion applies."""
     text = token.text
+    if not token.is_amount and token.label not in ("QUANTITY", "DATE", "TIME") and rng.random() < 0.3:
+        misspelt = _misspelt(rng, text)
+        if misspelt:
+            return misspelt
     confusable = [i for i, c in enumerate(text) if c in _CONFUSABLE_CHARACTERS]
     droppable = [] if token.is_amount else [i for i, c in enumerate(text) if c in _DROPPABLE_PUNCTUATION]
     if len(text) <= 1:
@@ -824,6 +1011,7 @@ class _LabelPolicy:
 
     validated: bool  # False: nobody validated this receipt, so it has no VALID label
     proposed: bool  # False: nobody labelled it at all
+    noise: float = 0.0  # the share of VALID labels that are wrong: the users' labellers err too
 
 
 def _right_label_status(rng: random.Random, validated: bool) -> str:
@@ -848,7 +1036,14 @@ def _word_labels(
         return ()
     else:
         status = _right_label_status(rng, policy.validated)
-    labels = [_label(rng, text, truth, status, truth, labelled_at)]
+    given = truth
+    # drawn apart, so that the labels of a table with no noise stay what they were
+    slipped = (
+        bool(policy.noise) and random.Random(f"label-noise:{text}:{labelled_at.isoformat()}").random() < policy.noise
+    )
+    if status == "VALID" and slipped and truth in _CONFUSABLE_LABELS and truth != "MERCHANT_NAME":
+        given = rng.choice(_CONFUSABLE_LABELS[truth])
+    labels = [_label(rng, text, given, status, truth, labelled_at)]
     if rng.random() < 0.08 and truth in _CONFUSABLE_LABELS:
         wrong = rng.choice(_CONFUSABLE_LABELS[truth])
         wrong_status = (
@@ -912,7 +1107,7 @@ def _image_ids(seed: int) -> Iterator[tuple[str, int, int]]:
 
 
 def iter_synthetic_receipts(
-    receipts: int, seed: int, *, unlabelled_share: float = DEFAULT_UNLABELLED_SHARE
+    receipts: int, seed: int, *, unlabelled_share: float = DEFAULT_UNLABELLED_SHARE, label_noise: float = 0.0
 ) -> Iterator[SyntheticReceipt]:
     """``receipts`` synthetic receipts, one at a time; the same ``(receipts, seed)`` gives the same ones.
 
@@ -920,31 +1115,44 @@ def iter_synthetic_receipts(
     half only unvalidated ones (PENDING, NONE, NEEDS_REVIEW). Receipt ``n`` depends only on
     ``(seed, n)``, so a longer run starts with the receipts of a shorter one.
     """
-    if not 0.0 <= unlabelled_share <= 1.0:
-        raise ValueError(f"unlabelled_share must be in 0..1, got {unlabelled_share}")
+    for name, share in (("unlabelled_share", unlabelled_share), ("label_noise", label_noise)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{name} must be in 0..1, got {share}")
     for index, (image_id, receipt_id, count) in zip(range(receipts), _image_ids(seed), strict=False):
-        yield _receipt(_receipt_rng(seed, index), index, image_id, receipt_id, count, unlabelled_share)
+        yield _receipt(_receipt_rng(seed, index), index, image_id, receipt_id, count, unlabelled_share, label_noise)
 
 
 def _receipt(
-    rng: random.Random, index: int, image_id: str, receipt_id: int, receipts_in_image: int, unlabelled_share: float
+    rng: random.Random,
+    index: int,
+    image_id: str,
+    receipt_id: int,
+    receipts_in_image: int,
+    unlabelled_share: float,
+    label_noise: float = 0.0,
 ) -> SyntheticReceipt:
-    kind = _weighted(rng, tuple(zip(_MERCHANT_KINDS, (0.5, 0.2, 0.1, 0.1, 0.1), strict=True)))
-    merchant = rng.choice(kind.names)
+    family = _weighted(rng, [(family, family.share) for family in _FAMILIES])
+    merchant = rng.choice(family.merchants)
     template = _template(merchant)
     added = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randint(0, 600 * 86400))
     printed_at = added - timedelta(minutes=rng.randint(5, 3 * 24 * 60))
     unvalidated = rng.random() < unlabelled_share
-    policy = _LabelPolicy(validated=not unvalidated, proposed=not unvalidated or rng.random() < 0.5)
+    policy = _LabelPolicy(validated=not unvalidated, proposed=not unvalidated or rng.random() < 0.5, noise=label_noise)
 
-    printed, facts = _compose(rng, kind, merchant, template, printed_at)
+    printed, facts, features = _compose(rng, family, merchant, template, printed_at)
+    if _split_and_merge(rng, printed, rate=rng.uniform(0.0, 0.03)):
+        features |= {"split and merged words"}
     char_width = rng.uniform(10.0, 16.0)  # the photo's resolution
     placed, block_width, block_height = _place(rng, printed, char_width, template)
     angle_degrees = round(max(-MAX_SKEW_DEGREES, min(MAX_SKEW_DEGREES, rng.gauss(0.0, 0.7))), 4)
+    pad_x = char_width * rng.uniform(1.0, 3.0)
+    cut = pad_x + char_width * rng.uniform(0.3, 1.2) if rng.random() < CUT_CROP_SHARE else 0.0
     frame = _Frame.around(
         block_width, block_height, math.radians(angle_degrees),
-        pad_x=char_width * rng.uniform(1.0, 3.0), pad_y=char_width * rng.uniform(1.5, 4.0),
+        pad_x=pad_x, pad_y=char_width * rng.uniform(1.5, 4.0), cut_right=cut,
     )  # fmt: skip
+    if cut:
+        features |= {"boxes over the crop's edge"}
     noise_rate = rng.uniform(0.01, 0.08)
     labelled_at = added + timedelta(minutes=rng.randint(1, 600))
 
@@ -970,6 +1178,8 @@ def _receipt(
         lines=tuple(lines),
         receipts_in_image=receipts_in_image,
         facts=facts,
+        family=family.name,
+        features=features,
     )
 
 
@@ -1170,10 +1380,11 @@ def iter_receipt_items(
     seed: int,
     *,
     unlabelled_share: float = DEFAULT_UNLABELLED_SHARE,
+    label_noise: float = 0.0,
     raw_bucket: str = RAW_BUCKET,
 ) -> Iterator[dict[str, Any]]:
     """DynamoDB items (plain values, ``Decimal`` numbers) of ``receipts`` synthetic receipts."""
-    for receipt in iter_synthetic_receipts(receipts, seed, unlabelled_share=unlabelled_share):
+    for receipt in iter_synthetic_receipts(receipts, seed, unlabelled_share=unlabelled_share, label_noise=label_noise):
         yield from receipt_items(receipt, raw_bucket=raw_bucket)
 
 
@@ -1193,10 +1404,12 @@ class ExpectedTruth:
     items: int  # every item of every receipt, the unread types in its partition included
 
 
-def expected_truth(receipts: int, seed: int, *, unlabelled_share: float = DEFAULT_UNLABELLED_SHARE) -> ExpectedTruth:
+def expected_truth(
+    receipts: int, seed: int, *, unlabelled_share: float = DEFAULT_UNLABELLED_SHARE, label_noise: float = 0.0
+) -> ExpectedTruth:
     labelled = words = noise = words_with_valid = items = 0
     counts: Counter[str] = Counter()
-    for receipt in iter_synthetic_receipts(receipts, seed, unlabelled_share=unlabelled_share):
+    for receipt in iter_synthetic_receipts(receipts, seed, unlabelled_share=unlabelled_share, label_noise=label_noise):
         receipt_words = list(receipt.words())
         items += sum(1 for _ in receipt_items(receipt))
         if not receipt.has_valid_label:
@@ -1384,13 +1597,14 @@ def seed_synthetic(
     seed: int,
     *,
     unlabelled_share: float = DEFAULT_UNLABELLED_SHARE,
+    label_noise: float = 0.0,
     client=None,
     concurrency: int = 4,
     max_retries: int = 10,
     on_progress: Callable[[WriteStats], None] | None = None,
 ) -> WriteStats:
     """Writes ``receipts`` synthetic receipts of ``seed`` into the table; see :func:`iter_receipt_items`."""
-    items = iter_receipt_items(receipts, seed, unlabelled_share=unlabelled_share)
+    items = iter_receipt_items(receipts, seed, unlabelled_share=unlabelled_share, label_noise=label_noise)
     return write_items(
         table_name, items, client=client, concurrency=concurrency, max_retries=max_retries, on_progress=on_progress
     )

@@ -272,9 +272,12 @@ def test_the_report_scores_the_tables_fields_and_line_items_the_product_details_
     assert dynamo["items_expected"].sum() == items["support"] and dynamo["items_correct"].sum() == items["correct"]
     # the product-detail labels with their precision and recall, and their macro F1
     details = report["product_details"]
-    assert set(details["labels"]) == {"PRODUCT_NAME", "QUANTITY", "UNIT_PRICE", "LINE_TOTAL"}
+    # the labels the test receipts carry or the model predicts: a receipt that prints no unit price has none
+    assert {"PRODUCT_NAME", "LINE_TOTAL"} <= set(details["labels"]) <= {"PRODUCT_NAME", "QUANTITY", "UNIT_PRICE",
+                                                                         "LINE_TOTAL"}  # fmt: skip
     assert all({"precision", "recall", "f1", "support"} <= set(v) for v in details["labels"].values())
-    assert details["macro_f1"] == pytest.approx(sum(v["f1"] for v in details["labels"].values()) / 4)
+    f1s = [v["f1"] for v in details["labels"].values()]
+    assert details["macro_f1"] == pytest.approx(sum(f1s) / len(f1s))
     assert report["product_detail_macro_f1"] == details["macro_f1"]
     # the model on as many of its own training receipts as it was scored on here
     sample = report["train_sample"]
