@@ -46,6 +46,7 @@ FIELDS: Mapping[str, str | None] = {
     "name": "PRODUCT_NAME",  # one word per word of the product's name
     "qty": "QUANTITY",
     "weight": "QUANTITY",  # of a weighed item, in pounds: "1.23"
+    "pounds": "QUANTITY",  # the "lb" after a weight: the users label "1.31 lb" a quantity
     "unit": "UNIT_PRICE",  # per piece, or per pound of a weighed item
     "total": "LINE_TOTAL",
     "mark": None,  # the printer's sign between quantity and unit price: "@", "x", "AT"
@@ -54,6 +55,7 @@ FIELDS: Mapping[str, str | None] = {
     "flag": None,  # tax flag: the family's taxable or exempt letter
     "saving": "DISCOUNT",  # an item's instant saving, printed as a positive amount
     "coupon": "COUPON",
+    "deposit": "TAX",  # a bottle deposit or CRV charged with the item: the users label it a tax
     # the receipt's
     "subtotal": "SUBTOTAL",
     "tax": "TAX",
@@ -82,9 +84,11 @@ FIELDS: Mapping[str, str | None] = {
     "phone": "PHONE_NUMBER",
     "order": None,
 }
-ITEM_FIELDS = frozenset({"name", "qty", "weight", "unit", "total", "mark", "sku", "plu", "flag", "saving", "coupon"})
+ITEM_FIELDS = frozenset(
+    {"name", "qty", "weight", "pounds", "unit", "total", "mark", "sku", "plu", "flag", "saving", "coupon", "deposit"}
+)
 AMOUNT_FIELDS = frozenset(
-    {"weight", "unit", "total", "saving", "coupon", "subtotal", "tax", "grand", "change", "tendered"}
+    {"weight", "unit", "total", "saving", "coupon", "deposit", "subtotal", "tax", "grand", "change", "tendered"}
 )
 PLACES = ("header", "after_items", "after_total", "payment", "footer")
 LAYOUTS_PACKAGE = "receipt_pipeline.core"
@@ -148,9 +152,8 @@ class Block:
     feature: str  # what the coverage table counts it as; "" for none
     when: str = ""  # "card" or "cash": printed only for that payment
     each: str = "receipt"  # whose draw ``share`` is: each receipt's, or each merchant's (its printer's settings)
-    # an extra that is an item of its own (a bottle deposit, a bag fee): its name, its price range, and the words
-    # of the products it follows (any product where empty)
-    product: str = ""
+    # an extra that charges a deposit ({deposit}): its price range, and the words of the products it follows (any
+    # product where empty)
     price_cents: tuple[int, int] = (0, 0)
     after: tuple[str, ...] = ()
 
@@ -250,10 +253,10 @@ def _blocks(entries: Any, where: str, item_level: bool) -> tuple[Block, ...]:
             raise LayoutError(f"{here}: each must be 'receipt' or 'merchant', got {each!r}")
         share = _share(entry.get("share", 1.0), here)
         lines = _lines(entry.get("lines"), here, item_level)
-        product = str(entry.get("product", ""))
-        prices = _pair(entry["price_cents"], f"{here} price_cents") if product else (0, 0)
+        deposit = any("deposit" in line.fields for line in lines)
+        prices = _pair(entry["price_cents"], f"{here} price_cents") if deposit else (0, 0)
         after = tuple(entry.get("after", ()))
-        blocks.append(Block(place, share, lines, entry.get("feature", ""), when, each, product, prices, after))
+        blocks.append(Block(place, share, lines, entry.get("feature", ""), when, each, prices, after))
     return tuple(blocks)
 
 

@@ -566,14 +566,14 @@ def _digits(rng: random.Random, count: int) -> str:
 
 def _item_lines(
     rng: random.Random, family: receipt_layouts.Family, template: _Template, count: int, features: set[str]
-) -> tuple[list[_PrintedLine], list[PrintedItem], int]:
-    """The item lines of ``count`` purchases, what each one printed, and the savings printed under them (cents,
-    negative)."""
+) -> tuple[list[_PrintedLine], list[PrintedItem], int, int]:
+    """The item lines of ``count`` purchases, what each one printed, the savings printed under them (cents,
+    negative) and the deposits (cents, charged on top of the subtotal)."""
     lines: list[_PrintedLine] = []
     items: list[PrintedItem] = []
-    savings = 0
+    savings = deposits = 0
     style = template.item_style
-    while len(items) < count:  # a deposit charged with a product is one of the receipt's item lines
+    for _ in range(count):
         weighed = bool(family.weighed) and rng.random() < len(family.weighed) / (
             len(family.weighed) + len(family.products)
         )
@@ -588,6 +588,8 @@ def _item_lines(
             "flag": family.taxable_flag if taxable else family.exempt_flag,
             "saving": "",
             "coupon": "",
+            "deposit": "",
+            "pounds": "lb" if weighed else "",
         }
         if weighed:
             weight = Decimal(rng.randint(25, 350)) / 100
@@ -632,14 +634,12 @@ def _item_lines(
                 continue
             if rng.random() >= extra.share:
                 continue
-            if extra.product:  # an item of its own: a deposit or a fee charged with the product
-                fee = _money(rng.randint(*extra.price_cents))
-                number = len(items)
-                name = [_Token(word, "PRODUCT_NAME", item=number) for word in extra.product.split()]
-                fee_values = values | {"total": fee, "qty": "", "unit": "", "weight": ""}
-                lines.extend(_render(line, fee_values, template, features, number, name) for line in extra.lines)
-                items.append(PrintedItem(extra.product, None, None, fee))
+            if extra.price_cents[1]:  # a deposit charged with the product, on top of the subtotal
+                deposit = rng.randint(*extra.price_cents)
+                lines.extend(_render(line, values | {"deposit": _money(deposit)}, template, features)
+                             for line in extra.lines)  # fmt: skip
                 features.add(extra.feature)
+                deposits += deposit
                 continue
             saving = min(total_cents // 4, rng.randint(20, 300))
             if saving <= 0:
@@ -647,7 +647,7 @@ def _item_lines(
             extra_values = values | {"saving": _money(saving), "coupon": _money(saving)}
             lines.extend(_render(line, extra_values, template, features) for line in extra.lines)
             savings -= saving
-    return lines, items, savings
+    return lines, items, savings, deposits
 
 
 def _wrapped_name(product: str, width: int | None, item: int) -> tuple[list[_Token], list[_Token]]:
@@ -673,9 +673,10 @@ def _price_cents(rng: random.Random, product: str, price_range: tuple[int, int])
 
 
 def _totals(
-    rng: random.Random, family: receipt_layouts.Family, template: _Template, items_cents: int
+    rng: random.Random, family: receipt_layouts.Family, template: _Template, items_cents: int, deposits: int = 0
 ) -> tuple[list[_PrintedLine], dict[str, str | None]]:
-    """The lines from the receipt's savings to its total, and the subtotal, tax, tip and total they print."""
+    """The lines from the receipt's savings to its total, and the subtotal, tax, tip and total they print (the
+    total with the deposits printed under the items)."""
 
     def line(words: str, cents: int, label: str, gap_before: float = 0.0) -> _PrintedLine:
         return _PrintedLine(_words(words), [_amount(cents, label)], indent=template.margin, gap_before=gap_before)
@@ -697,7 +698,7 @@ def _totals(
     if family.tips and rng.random() < 0.6:
         tip = round(subtotal * rng.choice((0.15, 0.18, 0.2, 0.22)))
         lines.append(line(template.tip_words, tip, "TIP"))
-    total = subtotal + tax + tip
+    total = subtotal + tax + deposits + tip
     lines.append(line(template.total_words, total, "GRAND_TOTAL"))
     amounts = {"subtotal": _money(subtotal), "tax": _money(tax), "tip": _money(tip) if tip else None}
     return lines, amounts | {"total": _money(total)}
@@ -782,9 +783,9 @@ def _compose(
     count = low + int((high - low) * rng.random() ** 1.8)  # most receipts are short
     while True:
         features: set[str] = set()
-        items, printed_items, savings = _item_lines(rng, family, template, count, features)
+        items, printed_items, savings, deposits = _item_lines(rng, family, template, count, features)
         items_cents = sum(round(Decimal(item.line_total) * 100) for item in printed_items) + savings
-        totals, amounts = _totals(rng, family, template, items_cents)
+        totals, amounts = _totals(rng, family, template, items_cents, deposits)
         paid_by, payment, paid = _payment(rng, template, round(Decimal(amounts["total"]) * 100))
         values = _receipt_values(rng, template, printed_at, printed_items) | paid
         values |= {"subtotal": amounts["subtotal"], "tax": amounts["tax"], "grand": amounts["total"]}

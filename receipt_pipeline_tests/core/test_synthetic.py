@@ -76,7 +76,7 @@ def _amounts_in_reading_order(words: Iterable[tuple[str, str | None, int | None]
     for text, label, item in words:
         if label in _AMOUNT_LABELS:
             value = Decimal(read_amount(text))
-        elif label == "QUANTITY":
+        elif label == "QUANTITY" and read_quantity(text) is not None:  # a weight's "lb" is its quantity's too
             value = Decimal(read_quantity(text))
         else:
             continue
@@ -93,7 +93,8 @@ def _assert_amounts_add_up(amounts: dict[Any, list[Decimal]], receipt: str) -> N
         prices = amounts[("item", item, "QUANTITY")], amounts[("item", item, "UNIT_PRICE")]
         if all(prices):
             assert round(prices[0][0] * prices[1][0], 2) == total, receipt
-    [subtotal], [tax] = amounts["SUBTOTAL"], amounts["TAX"]
+    # the tax line, and the deposits printed under the items the users label TAX too
+    [subtotal], tax = amounts["SUBTOTAL"], sum(amounts["TAX"])
     # the savings print as negative amounts; the total may be restated (BALANCE DUE, AMOUNT: $...)
     savings = sum(amounts["DISCOUNT"]) + sum(amounts["COUPON"])
     assert sum(amounts["LINE_TOTAL"]) + savings == subtotal and savings <= 0, receipt
@@ -158,11 +159,13 @@ def _layout(receipt: SyntheticReceipt) -> tuple:
         next(line.words for line in lines if any(w.truth == "LINE_TOTAL" for w in line.words)),
     )
     item = tuple(label for label in _label_runs(by_piece) if label)
+    # from the subtotal to the total: a deposit under an item is a TAX word too, but the customer's
+    first = next(i for i, line in enumerate(lines) if any(word.truth == "SUBTOTAL" for word in line.words))
     last = next(i for i, line in enumerate(lines) if any(word.truth == "GRAND_TOTAL" for word in line.words))
     wording = tuple(
         # the OCR may split or merge an unlabelled word: the letters are the template's, not the spaces
         "".join(word.printed_text for word in line.words if word.truth is None and not word.is_noise)
-        for line in lines[: last + 1]
+        for line in lines[first : last + 1]
         if any(word.truth in ("SUBTOTAL", "TAX", "GRAND_TOTAL") for word in line.words)
     )
     return header, item, wording
