@@ -4,8 +4,8 @@ python -m benchmarks [--write] [NAME ...]
 
 Without names it runs the default set (windowing, training-throughput, table-read, demo, gpu); the others
 (read-strategies, seed-stream, sroie-training, sroie-training-earlier-overrides, split-strategies,
-export-inference, table-fields, synthetic-coverage, users-line-items) on request. Each prints a Markdown section
-stamped with the machine and the date; with
+export-inference, table-fields, synthetic-coverage, users-line-items, synthetic-to-real) on request. Each prints
+a Markdown section stamped with the machine and the date; with
 ``--write`` (as `make bench` runs it) each replaces its own ``<!-- bench:NAME -->`` block in BENCHMARKS.md,
 and the findings written around the blocks stay.
 """
@@ -503,6 +503,13 @@ def synthetic_coverage() -> str:
     return module.markdown()
 
 
+def synthetic_to_real() -> str:
+    from benchmarks import synthetic_to_real as module
+
+    # the users' recipe: every default, 400 seed-synthetic receipts, 10 minutes; read on their real item zones
+    return module.markdown(10.0)
+
+
 def users_line_items() -> str:
     from benchmarks import users_line_items as module
 
@@ -532,6 +539,7 @@ BENCHMARKS = {
     "table-fields": table_fields,
     "synthetic-coverage": synthetic_coverage,
     "users-line-items": users_line_items,
+    "synthetic-to-real": synthetic_to_real,
 }
 # what `make bench` runs unless told otherwise (BENCH="..."): the issue-8 list; the rest on request
 DEFAULT = ["windowing", "training-throughput", "table-read", "demo", "gpu"]

@@ -151,9 +151,11 @@ def run(minutes: float = 10.0, receipts: int = RECEIPTS, seed: int = SEED) -> di
     }
 
 
-def markdown(minutes: float = 10.0) -> str:
-    print(f"  training {minutes:g} min on {RECEIPTS} synthetic receipts", file=sys.stderr, flush=True)
-    result = run(minutes)
+def markdown(minutes: float = 10.0, result: dict | None = None) -> str:
+    """The section for BENCHMARKS.md, from a fresh run or from ``result`` (what :func:`run` returned)."""
+    if result is None:
+        print(f"  training {minutes:g} min on {RECEIPTS} synthetic receipts", file=sys.stderr, flush=True)
+        result = run(minutes)
     synthetic, real = result["synthetic"], result["real"]
 
     def detail(scores: dict, label: str) -> str:
