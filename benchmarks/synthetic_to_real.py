@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 from benchmarks import users_line_items
 from benchmarks.split_strategies import synthetic_frame
-from benchmarks.sroie_training import compact_windows
+from benchmarks.table_fields import train_and_evaluate
 
 RECEIPTS = 400
 SEED = 0  # seed-synthetic's default
@@ -110,37 +109,11 @@ def score_on_real(model_folder: Path) -> dict:
 
 
 def run(minutes: float = 10.0, receipts: int = RECEIPTS, seed: int = SEED) -> dict:
-    import pyarrow.compute as pc
-
-    from receipt_pipeline.core import bio, table_scores
-    from receipt_pipeline.core.base_model import COMPACT
-    from receipt_pipeline.core.evaluation import evaluate
-    from receipt_pipeline.core.training import train
-    from receipt_pipeline.core.training_options import TrainingOptions
+    from receipt_pipeline.core import bio
 
     split = bio.build_split([synthetic_frame(receipts, seed)], bio.SplitOptions())
     with tempfile.TemporaryDirectory(prefix="bench-synthetic-to-real-") as scratch:
-        work = Path(scratch)
-        tokenizer, manifest, _ = compact_windows(split, work)
-        options = TrainingOptions(base_model=COMPACT, max_train_minutes=minutes).resolved()
-        started = time.monotonic()
-        result = train(manifest, work / "run", options, tokenizer=tokenizer)
-        seconds = time.monotonic() - started
-        test = split.table.filter(pc.equal(split.table.column("split"), "test"))
-        train_rows = split.table.filter(pc.equal(split.table.column("split"), "train"))
-        report = evaluate(
-            result.best_dir,
-            manifest,
-            split="test",
-            words=dict(zip(test.column("key").to_pylist(), test.column("words").to_pylist(), strict=True)),
-            references=bio.reference_fields(test),
-            sroie_labels=bio.DEFAULT_SROIE_LABELS,
-            pad_token_id=tokenizer.pad_token_id,
-            receipts={row["key"]: row for row in test.select(["key", "source", "merchant", "added_at"]).to_pylist()},
-            train_merchants=set(train_rows.column("merchant").to_pylist()) - {bio.UNKNOWN_MERCHANT},
-            recent_since=split.record.get("recent_since"),
-            layouts=table_scores.layouts_of(test),
-        )
+        result, report, seconds = train_and_evaluate(split, Path(scratch), minutes)
         real = score_on_real(result.best_dir)
     return {
         "synthetic": {"entity": report.entity["overall"], "details": report.product_details},

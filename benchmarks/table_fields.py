@@ -110,40 +110,49 @@ def sroie_ceiling() -> dict:
     return fields.field_scores(references, extracted)
 
 
-def trained(minutes: float) -> dict:
-    """Both sources, the merchant split, every training default at ``minutes``: the report's figures."""
+def train_and_evaluate(split, work: Path, minutes: float, *, train_sample: int = 0):
+    """``split`` windowed and trained under ``work`` with every training default at ``minutes``, then its test
+    receipts scored as ``evaluation_report`` scores them: (the training result, the report, seconds trained)."""
     import pyarrow.compute as pc
 
     from receipt_pipeline.core import bio, table_scores
     from receipt_pipeline.core.base_model import COMPACT
-    from receipt_pipeline.core.evaluation import TRAIN_SAMPLE_MAX, evaluate
+    from receipt_pipeline.core.evaluation import evaluate
     from receipt_pipeline.core.training import train
     from receipt_pipeline.core.training_options import TrainingOptions
 
+    tokenizer, manifest, _ = compact_windows(split, work)
+    options = TrainingOptions(base_model=COMPACT, max_train_minutes=minutes).resolved()
+    started = time.monotonic()
+    result = train(manifest, work / "run", options, tokenizer=tokenizer)
+    seconds = time.monotonic() - started
+    test = split.table.filter(pc.equal(split.table.column("split"), "test"))
+    train_rows = split.table.filter(pc.equal(split.table.column("split"), "train"))
+    report = evaluate(
+        result.best_dir,
+        manifest,
+        split="test",
+        words=dict(zip(test.column("key").to_pylist(), test.column("words").to_pylist(), strict=True)),
+        references=bio.reference_fields(test),
+        sroie_labels=bio.DEFAULT_SROIE_LABELS,
+        pad_token_id=tokenizer.pad_token_id,
+        receipts={row["key"]: row for row in test.select(["key", "source", "merchant", "added_at"]).to_pylist()},
+        train_merchants=set(train_rows.column("merchant").to_pylist()) - {bio.UNKNOWN_MERCHANT},
+        recent_since=split.record.get("recent_since"),
+        layouts=table_scores.layouts_of(test),
+        train_sample=min(test.num_rows, train_sample),
+    )
+    return result, report, seconds
+
+
+def trained(minutes: float) -> dict:
+    """Both sources, the merchant split, every training default at ``minutes``: the report's figures."""
+    from receipt_pipeline.core import bio
+    from receipt_pipeline.core.evaluation import TRAIN_SAMPLE_MAX
+
     split = bio.build_split([synthetic_frame(), sroie_frame()], bio.SplitOptions(strategy="merchant"))
     with tempfile.TemporaryDirectory(prefix="bench-table-fields-") as scratch:
-        work = Path(scratch)
-        tokenizer, manifest, _ = compact_windows(split, work)
-        options = TrainingOptions(base_model=COMPACT, max_train_minutes=minutes).resolved()
-        started = time.monotonic()
-        result = train(manifest, work / "run", options, tokenizer=tokenizer)
-        seconds = time.monotonic() - started
-        test = split.table.filter(pc.equal(split.table.column("split"), "test"))
-        train_rows = split.table.filter(pc.equal(split.table.column("split"), "train"))
-        report = evaluate(
-            result.best_dir,
-            manifest,
-            split="test",
-            words=dict(zip(test.column("key").to_pylist(), test.column("words").to_pylist(), strict=True)),
-            references=bio.reference_fields(test),
-            sroie_labels=bio.DEFAULT_SROIE_LABELS,
-            pad_token_id=tokenizer.pad_token_id,
-            receipts={row["key"]: row for row in test.select(["key", "source", "merchant", "added_at"]).to_pylist()},
-            train_merchants=set(train_rows.column("merchant").to_pylist()) - {bio.UNKNOWN_MERCHANT},
-            recent_since=split.record.get("recent_since"),
-            layouts=table_scores.layouts_of(test),
-            train_sample=min(test.num_rows, TRAIN_SAMPLE_MAX),
-        )
+        result, report, seconds = train_and_evaluate(split, Path(scratch), minutes, train_sample=TRAIN_SAMPLE_MAX)
     return {
         "report": report,
         "receipts": split.receipts_per_split(),

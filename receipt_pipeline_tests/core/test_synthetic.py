@@ -109,18 +109,10 @@ def _line_centre_y(item: dict[str, Any]) -> float:
     return float(box["y"] + box["height"] / 2)
 
 
-def _item_by_word(receipts: Iterable[SyntheticReceipt]) -> dict[tuple, int | None]:
+def _by_word(receipts: Iterable[SyntheticReceipt], attribute: str) -> dict[tuple, Any]:
+    """A word attribute (``truth``, ``item``) per word key."""
     return {
-        (r.image_id, r.receipt_id, line.line_id, word.word_id): word.item
-        for r in receipts
-        for line in r.lines
-        for word in line.words
-    }
-
-
-def _truth_by_word(receipts: Iterable[SyntheticReceipt]) -> dict[tuple, str | None]:
-    return {
-        (r.image_id, r.receipt_id, line.line_id, word.word_id): word.truth
+        (r.image_id, r.receipt_id, line.line_id, word.word_id): getattr(word, attribute)
         for r in receipts
         for line in r.lines
         for word in line.words
@@ -301,8 +293,8 @@ def test_receipts_have_40_to_400_words_and_the_amounts_in_their_text_add_up(seed
     for item in seeded["items"]:
         if item["TYPE"] == RECEIPT_WORD:
             words_by_receipt[parse_word(item).key[:2]].append(item)
-    truth = _truth_by_word(iter_synthetic_receipts(RECEIPTS, SEED))
-    item_of = _item_by_word(iter_synthetic_receipts(RECEIPTS, SEED))
+    generated = list(iter_synthetic_receipts(RECEIPTS, SEED))
+    truth, item_of = _by_word(generated, "truth"), _by_word(generated, "item")
 
     assert len(words_by_receipt) == RECEIPTS
     for receipt, items in words_by_receipt.items():
