@@ -23,12 +23,16 @@ TRAIN_SAMPLE_MAX = 200
 
 
 def repair_bio(tags: Sequence[str]) -> list[str]:
-    """A valid IOB2 sequence: an ``I-X`` that does not continue an X entity begins one (``B-X``)."""
+    """Predicted tags as the references are built: each run of one label is one entity (``B-X``, then ``I-X``).
+
+    The table stores a label per word and :func:`~receipt_pipeline.core.bio.bio_tags` makes each run of a label
+    one entity, so no reference ever has two X entities side by side; a predicted ``B-X`` inside a run of X (the
+    model unsure where a long product name goes on) would otherwise split one right entity into wrong pieces."""
     repaired = []
     previous = OUTSIDE
     for tag in tags:
-        if tag.startswith("I-") and previous[2:] != tag[2:]:
-            tag = "B-" + tag[2:]
+        if tag != OUTSIDE:
+            tag = ("I-" if previous[2:] == tag[2:] else "B-") + tag[2:]
         repaired.append(tag)
         previous = tag
     return repaired

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from receipt_pipeline.core import evaluation
+from receipt_pipeline.core import bio, evaluation
 
 
 @pytest.mark.parametrize(
@@ -14,11 +14,22 @@ from receipt_pipeline.core import evaluation
         (["I-DATE", "I-DATE", "O"], ["B-DATE", "I-DATE", "O"]),
         (["B-TAX", "I-TOTAL", "I-TOTAL"], ["B-TAX", "B-TOTAL", "I-TOTAL"]),
         (["O", "I-TAX", "O", "I-TAX"], ["O", "B-TAX", "O", "B-TAX"]),
-        (["B-TAX", "I-TAX", "B-TAX"], ["B-TAX", "I-TAX", "B-TAX"]),
+        # a B- inside a run of its label continues the run: the references never hold two X side by side
+        (["B-TAX", "I-TAX", "B-TAX"], ["B-TAX", "I-TAX", "I-TAX"]),
+        (["B-PRODUCT_NAME", "B-PRODUCT_NAME", "B-LINE_TOTAL"], ["B-PRODUCT_NAME", "I-PRODUCT_NAME", "B-LINE_TOTAL"]),
     ],
 )
-def test_repair_bio_turns_orphan_inside_tags_into_beginnings(tags, repaired):
+def test_repair_bio_makes_each_run_of_a_label_one_entity(tags, repaired):
     assert evaluation.repair_bio(tags) == repaired
+
+
+def test_repaired_predictions_read_as_the_references_are_built():
+    labels = ["DATE", "DATE", None, "TOTAL", "TAX", "TAX", None, None, "TAX"]
+    references = bio.bio_tags(labels)
+    predicted_as_words = [f"B-{label}" if label else "O" for label in labels]  # right word by word, all B-
+    assert evaluation.repair_bio(predicted_as_words) == references
+    scores = evaluation.entity_scores({"r": references}, {"r": evaluation.repair_bio(predicted_as_words)})
+    assert scores["overall"]["f1"] == 1.0
 
 
 def test_entity_scores_are_strict_iob2_entity_level():
